@@ -1,0 +1,3 @@
+"""replicate: version control for machine learning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,229 @@
+"""fsck: verify a repository's refs, objects, index and packs, and rebuild the index.
+
+Checks (errors make fsck fail; warnings are garbage that gc collects):
+- every pack's trailer and footer verify, and its name is the hash of its footer;
+- every index record points into an existing pack and agrees with that pack's footer;
+- every ref and reflog head points at an existing object, and everything reachable from
+  the refs exists (checkpoint -> parent, experiment, files tree -> trees -> files -> segments ->
+  chunks), with valid tree entry names;
+- with ``read_data``: every entry of every pack decompresses and hashes to its ID.
+Packs that no index segment names are warnings (a writer crashed after sealing them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from replicate.errors import CorruptObjectError, DoesNotExist
+from replicate.objects import codec, compress, pack
+from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
+from replicate.objects.ids import hash_chunk, hash_object
+from replicate.objects.index import RECORD, encode_segment, write_segment
+from replicate.objects.store import ObjectStore
+from replicate.repository import Repository
+
+
+@dataclass
+class FsckReport:
+    """What fsck found."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    packs: int = 0
+    objects: int = 0
+    reachable: int = 0
+    refs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no errors were found."""
+        return not self.errors
+
+
+def read_pack_entries(store: ObjectStore, pack_id: bytes) -> list[pack.PackEntry]:
+    """Verify a pack's trailer and footer and return its entries."""
+    p = store.pack_path(pack_id)
+    where = str(p)
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        if f.read(len(pack.HEADER)) != pack.HEADER:
+            raise CorruptObjectError("bad pack header", location=where)
+        if size < len(pack.HEADER) + pack.TRAILER_LEN:
+            raise CorruptObjectError("pack too short", location=where)
+        f.seek(size - pack.TRAILER_LEN)
+        flen, fhash = pack.parse_trailer(f.read(pack.TRAILER_LEN), where)
+        if flen > size - pack.TRAILER_LEN - len(pack.HEADER):
+            raise CorruptObjectError("bad footer length", location=where)
+        f.seek(size - pack.TRAILER_LEN - flen)
+        footer = f.read(flen)
+    if pack.pack_id_of_footer(footer) != pack_id:
+        raise CorruptObjectError("pack name differs from its footer hash", location=where)
+    return pack.decode_footer(footer, fhash, size, where)
+
+
+def verify_entry(store: ObjectStore, pack_id: bytes, e: pack.PackEntry) -> None:
+    """Re-read, decompress and re-hash one stored entry."""
+    where = str(store.pack_path(pack_id))
+    with open(store.pack_path(pack_id), "rb") as f:
+        f.seek(e.offset)
+        stored = f.read(e.stored_len)
+    try:
+        raw = compress.decompress(e.codec, stored, e.raw_len)
+    except ValueError as exc:
+        raise CorruptObjectError(f"cannot decompress ({exc})", e.id.hex(), where) from None
+    h = hash_chunk(raw) if e.type == codec.CHUNK else hash_object(raw)
+    if h != e.id:
+        raise CorruptObjectError("hash mismatch", e.id.hex(), where)
+
+
+def fsck(
+    repo: Repository,
+    read_data: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> FsckReport:
+    """Check ``repo``; never raises for problems it finds (they go in the report)."""
+    rep = FsckReport()
+    store = repo.objects
+    store.refresh()
+    say = progress or (lambda _m: None)
+
+    # 1. packs
+    say("checking packs")
+    on_disk = store.list_packs()
+    rep.packs = len(on_disk)
+    footers: dict[bytes, dict[bytes, pack.PackEntry]] = {}
+    for pid in on_disk:
+        try:
+            entries = read_pack_entries(store, pid)
+        except (CorruptObjectError, OSError) as e:
+            rep.errors.append(f"pack {pid.hex()}: {e}")
+            continue
+        footers[pid] = {e.id: e for e in entries}
+        if read_data:
+            for e in entries:
+                try:
+                    verify_entry(store, pid, e)
+                except CorruptObjectError as exc:
+                    rep.errors.append(str(exc))
+
+    # 2. index <-> packs
+    say("checking index")
+    recs = store.index.all_records()
+    rep.objects = len(recs)
+    indexed_packs: set[bytes] = set()
+    for r in recs:
+        pid = store.index.packs[int(r["pack"])]
+        oid = bytes(r["id"]).ljust(32, b"\0")
+        indexed_packs.add(pid)
+        ent = footers.get(pid, {}).get(oid)
+        if pid not in footers:
+            if pid not in set(on_disk):
+                rep.errors.append(f"index names missing pack {pid.hex()} (object {oid.hex()})")
+            continue
+        if ent is None or (ent.offset, ent.stored_len, ent.raw_len, ent.codec, ent.type) != (
+            int(r["offset"]), int(r["stored"]), int(r["raw"]), int(r["codec"]), int(r["type"])
+        ):
+            rep.errors.append(
+                f"index entry for {oid.hex()} disagrees with pack {pid.hex()}; "
+                "run fsck --rebuild-index"
+            )
+    for pid in footers:
+        if pid not in indexed_packs:
+            rep.warnings.append(f"pack {pid.hex()} is not indexed (left by an interrupted write)")
+    tmp = list(store.tmp_dir.glob("*")) if store.tmp_dir.is_dir() else []
+    if tmp:
+        rep.warnings.append(f"{len(tmp)} temporary file(s) in {store.tmp_dir} (interrupted writes)")
+
+    # 3. refs and connectivity
+    say("checking connectivity")
+    seen: set[bytes] = set()
+    tombstones = {v for v in repo.refs.list("removed").values()}
+    for name, head in sorted(repo.refs.list("experiments").items()):
+        rep.refs += 1
+        _walk_ref(store, name, head, seen, tombstones, rep)
+    rep.reachable = len(seen)
+    for lock in repo.refs.stale_locks():
+        rep.warnings.append(f"lock file {lock} exists (a writer is running or crashed)")
+    return rep
+
+
+def _walk_ref(
+    store: ObjectStore,
+    name: str,
+    head: bytes,
+    seen: set[bytes],
+    tombstones: set[bytes],
+    rep: FsckReport,
+) -> None:
+    stack: list[tuple[bytes, str]] = [(head, f"ref {name}")]
+    while stack:
+        oid, via = stack.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        loc = store.index.lookup(oid)
+        if loc is None:
+            rep.errors.append(f"missing object {oid.hex()} (reached from {via})")
+            continue
+        if loc.type == codec.CHUNK:
+            continue
+        try:
+            obj = store.read_object(oid)
+        except (CorruptObjectError, DoesNotExist) as e:
+            rep.errors.append(f"{e} (reached from {via})")
+            continue
+        here = f"{codec.TYPE_NAMES[loc.type]} {oid.hex()[:12]}"
+        if isinstance(obj, Checkpoint):
+            stack.append((obj.experiment, here))
+            if obj.parent is not None:
+                stack.append((obj.parent, here))
+            if obj.files is not None and oid not in tombstones:
+                stack.append((obj.files, here))
+        elif isinstance(obj, Experiment):
+            if obj.code is not None:
+                stack.append((obj.code, here))
+        elif isinstance(obj, Tree):
+            for e in obj.entries:
+                try:
+                    codec.check_name(e.name)
+                except ValueError as exc:
+                    rep.errors.append(f"tree {oid.hex()}: {exc}")
+                stack.append((e.id, here))
+        elif isinstance(obj, File):
+            stack.extend((c.id, here) for c in obj.chunks)
+            stack.extend((s.id, here) for s in obj.segments)
+        elif isinstance(obj, Segment):
+            stack.extend((c.id, here) for c in obj.chunks)
+
+
+def rebuild_index(repo: Repository) -> tuple[int, int]:
+    """Rebuild the index from pack footers alone: write one segment covering every readable
+    pack that supersedes all current segments, then delete them. Returns (packs, objects)."""
+    store = repo.objects
+    store.refresh()
+    old = store.index.segment_names()
+    on_disk_names = sorted(n[:-4] for n in os.listdir(store.index_dir) if n.endswith(".idx"))
+    packs: list[bytes] = []
+    rows = []
+    for pid in store.list_packs():
+        try:
+            entries = read_pack_entries(store, pid)
+        except (CorruptObjectError, OSError):
+            continue
+        pno = len(packs)
+        packs.append(pid)
+        for e in entries:
+            rows.append((e.id, pno, e.offset, e.stored_len, e.raw_len, e.codec, e.type, b"\0\0"))
+    recs = np.array(rows, dtype=RECORD) if rows else np.zeros(0, dtype=RECORD)
+    data = encode_segment(packs, recs, supersedes=sorted(set(old) | set(on_disk_names)))
+    name = write_segment(store.index_dir, data)
+    for n in set(old) | set(on_disk_names):
+        if n != name:
+            (store.index_dir / f"{n}.idx").unlink(missing_ok=True)
+    repo.objects.index = type(store.index)(store.index_dir)
+    repo.objects.index.refresh()
+    return len(packs), len(rows)

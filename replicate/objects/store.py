@@ -1,0 +1,338 @@
+"""The local object store: pack files plus the index, with verified reads and atomic writes.
+
+Layout under the repository directory::
+
+    packs/<2 hex>/<pack id>.pack   immutable packs (data packs up to 64 MiB; metadata packs)
+    index/<hex>.idx                immutable index segments (a rebuildable cache)
+    tmp/                           packs being written (garbage after a crash)
+
+Write order: packs (temp, fsync, rename, fsync dir) -> index segment -> (caller) ref. A crash at
+any instant leaves at most unreferenced packs and temp files, which gc collects.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from replicate.errors import CorruptObjectError, DoesNotExist
+from replicate.fsutil import fsync_dir
+from replicate.objects import codec, compress, pack
+from replicate.objects.ids import hash_chunk, hash_object
+from replicate.objects.index import RECORD, Index, Location, encode_segment, write_segment
+
+DATA_PACK_TARGET = 64 * 1024 * 1024
+META_PACK_TARGET = 16 * 1024 * 1024
+
+
+class ObjectStore:
+    """Packs + index under ``root``. Safe for many processes at once (write-once files)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.packs_dir = root / "packs"
+        self.index_dir = root / "index"
+        self.tmp_dir = root / "tmp"
+        self.index = Index(self.index_dir)
+        self._fds: OrderedDict[bytes, int] = OrderedDict()
+        self._fd_lock = threading.Lock()
+        self.index.refresh()
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def pack_path(self, pack_id: bytes) -> Path:
+        """Path of a pack file."""
+        h = pack_id.hex()
+        return self.packs_dir / h[:2] / f"{h}.pack"
+
+    def list_packs(self) -> list[bytes]:
+        """IDs of every pack file on disk."""
+        out = []
+        if not self.packs_dir.is_dir():
+            return out
+        for sub in sorted(os.listdir(self.packs_dir)):
+            d = self.packs_dir / sub
+            if not d.is_dir():
+                continue
+            for n in sorted(os.listdir(d)):
+                if n.endswith(".pack") and len(n) == 69:
+                    try:
+                        out.append(bytes.fromhex(n[:64]))
+                    except ValueError:
+                        continue
+        return out
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """See objects written by other processes since the last refresh."""
+        self.index.refresh()
+
+    def has(self, oid: bytes) -> bool:
+        """True if the object is indexed (refreshing once on a miss)."""
+        if self.index.contains(oid):
+            return True
+        self.index.refresh()
+        return self.index.contains(oid)
+
+    def locate(self, oid: bytes) -> Location:
+        """Where ``oid`` is stored; DoesNotExist if nowhere."""
+        loc = self.index.lookup(oid)
+        if loc is None:
+            self.index.refresh()
+            loc = self.index.lookup(oid)
+        if loc is None:
+            raise DoesNotExist(f"object {oid.hex()} is not in the repository")
+        return loc
+
+    def _fd(self, pack_id: bytes) -> int:
+        with self._fd_lock:
+            fd = self._fds.get(pack_id)
+            if fd is not None:
+                self._fds.move_to_end(pack_id)
+                return fd
+            try:
+                fd = os.open(self.pack_path(pack_id), os.O_RDONLY)
+            except FileNotFoundError:
+                raise CorruptObjectError(
+                    "pack is missing", location=str(self.pack_path(pack_id))
+                ) from None
+            self._fds[pack_id] = fd
+            while len(self._fds) > 64:
+                _, old = self._fds.popitem(last=False)
+                os.close(old)
+            return fd
+
+    def read_stored(self, loc: Location) -> bytes:
+        """The stored (possibly compressed) bytes at ``loc``."""
+        fd = self._fd(loc.pack)
+        data = os.pread(fd, loc.stored_len, loc.offset)
+        if len(data) != loc.stored_len:
+            raise CorruptObjectError("pack truncated", location=str(self.pack_path(loc.pack)))
+        return data
+
+    def read_raw(self, oid: bytes, loc: Location | None = None) -> bytes:
+        """The verified raw bytes of any object (a chunk's content or an object's encoding)."""
+        loc = loc or self.locate(oid)
+        where = str(self.pack_path(loc.pack))
+        stored = self.read_stored(loc)
+        try:
+            raw = compress.decompress(loc.codec, stored, loc.raw_len)
+        except ValueError as e:
+            raise CorruptObjectError(f"cannot decompress ({e})", oid.hex(), where) from None
+        actual = hash_chunk(raw) if loc.type == codec.CHUNK else hash_object(raw)
+        if actual != oid:
+            raise CorruptObjectError("hash mismatch", oid.hex(), where)
+        return raw
+
+    def read_chunk(self, oid: bytes) -> bytes:
+        """A chunk's verified content."""
+        return self.read_raw(oid)
+
+    def read_object(self, oid: bytes) -> codec.StructuredObject:
+        """A structured object, verified and decoded."""
+        loc = self.locate(oid)
+        if loc.type == codec.CHUNK:
+            raise CorruptObjectError("expected a structured object, found a chunk", oid.hex())
+        raw = self.read_raw(oid, loc)
+        obj = codec.decode(raw, oid.hex(), str(self.pack_path(loc.pack)))
+        if codec.type_code(obj) != loc.type:
+            raise CorruptObjectError("object type differs from its index entry", oid.hex())
+        return obj
+
+    def type_of(self, oid: bytes) -> int | None:
+        """Type code of an indexed object, or None."""
+        loc = self.index.lookup(oid)
+        return None if loc is None else loc.type
+
+    def transaction(self) -> Transaction:
+        """Start writing objects; nothing is visible until :meth:`Transaction.commit`."""
+        return Transaction(self)
+
+    def close(self) -> None:
+        """Close cached pack file descriptors."""
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class PackWriter:
+    """Appends stored entries to a temp pack file; :meth:`seal` makes it a durable pack."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        store.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = store.tmp_dir / f"pack-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        self.f = open(self.tmp, "xb", buffering=0)
+        self.f.write(pack.HEADER)
+        self.size = len(pack.HEADER)
+        self.entries: list[pack.PackEntry] = []
+
+    def append(self, oid: bytes, typ: int, stored: bytes | memoryview, raw_len: int, codec_: int) -> None:
+        """Append one entry."""
+        n = len(stored)
+        view = memoryview(stored)
+        while view:
+            w = self.f.write(view)
+            view = view[w:]
+        self.entries.append(pack.PackEntry(oid, typ, self.size, n, raw_len, codec_))
+        self.size += n
+
+    def seal(self) -> tuple[bytes, list[pack.PackEntry]]:
+        """Write footer and trailer, fsync, rename into packs/. Returns (pack id, entries)."""
+        footer = pack.encode_footer(self.entries, secrets.token_bytes(16), time.time_ns())
+        self.f.write(footer)
+        self.f.write(pack.encode_trailer(footer))
+        os.fsync(self.f.fileno())
+        self.f.close()
+        pid = pack.pack_id_of_footer(footer)
+        dest = self.store.pack_path(pid)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp, dest)
+        fsync_dir(dest.parent)
+        return pid, self.entries
+
+    def discard(self) -> None:
+        """Drop the temp file."""
+        try:
+            self.f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class Transaction:
+    """A batch of new objects. Objects already stored (or added earlier in this transaction)
+    are skipped. ``commit`` seals packs and writes one index segment; ``abort`` drops temps.
+
+    Thread safety: ``put_*`` are called from one thread; sealing runs in a background thread.
+    """
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._new: set[bytes] = set()
+        self._data: PackWriter | None = None
+        self._meta: PackWriter | None = None
+        self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicate-seal")
+        self._sealing: list[Future[tuple[bytes, list[pack.PackEntry]]]] = []
+        self.new_bytes = 0  # stored bytes written
+        self.new_objects = 0
+        self.closed = False
+
+    def has(self, oid: bytes) -> bool:
+        """True if stored already or added in this transaction."""
+        return oid in self._new or self.store.index.contains(oid)
+
+    def put_stored(
+        self, oid: bytes, typ: int, stored: bytes | memoryview, raw_len: int, codec_: int
+    ) -> bool:
+        """Add pre-encoded bytes (trusted: the caller hashed them). Returns True if new."""
+        if self.has(oid):
+            return False
+        if typ == codec.CHUNK:
+            if self._data is None:
+                self._data = PackWriter(self.store)
+            w = self._data
+        else:
+            if self._meta is None:
+                self._meta = PackWriter(self.store)
+            w = self._meta
+        w.append(oid, typ, stored, raw_len, codec_)
+        self._new.add(oid)
+        self.new_bytes += len(stored)
+        self.new_objects += 1
+        if typ == codec.CHUNK and w.size >= DATA_PACK_TARGET:
+            self._sealing.append(self._sealer.submit(w.seal))
+            self._data = None
+        elif typ != codec.CHUNK and w.size >= META_PACK_TARGET:
+            self._sealing.append(self._sealer.submit(w.seal))
+            self._meta = None
+        return True
+
+    def put_chunk(self, data: bytes | memoryview, level: int | None = None) -> bytes:
+        """Hash, compress and add one chunk. Returns its ID."""
+        oid = hash_chunk(data)
+        if not self.has(oid):
+            c, stored = compress.compress(data, level)
+            self.put_stored(oid, codec.CHUNK, stored, len(data), c)
+        return oid
+
+    def put_object(self, obj: codec.StructuredObject) -> bytes:
+        """Encode and add a structured object. Returns its ID."""
+        raw = codec.encode(obj)
+        oid = hash_object(raw)
+        if not self.has(oid):
+            c, stored = compress.compress(raw, compress.TEXT_LEVEL)
+            self.put_stored(oid, codec.type_code(obj), stored, len(raw), c)
+        return oid
+
+    def commit(self) -> str | None:
+        """Make everything durable and indexed. Returns the index segment name (None if the
+        transaction added nothing)."""
+        if self.closed:
+            raise RuntimeError("transaction already closed")
+        try:
+            for w in (self._data, self._meta):
+                if w is not None:
+                    self._sealing.append(self._sealer.submit(w.seal))
+            self._data = self._meta = None
+            sealed = [f.result() for f in self._sealing]
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._sealer.shutdown(wait=True)
+        self.closed = True
+        if not sealed:
+            return None
+        packs = [pid for pid, _ in sealed]
+        n = sum(len(e) for _, e in sealed)
+        recs = np.zeros(n, dtype=RECORD)
+        i = 0
+        for pno, (_, entries) in enumerate(sealed):
+            for e in entries:
+                recs[i] = (e.id, pno, e.offset, e.stored_len, e.raw_len, e.codec, e.type, b"\0\0")
+                i += 1
+        data = encode_segment(packs, recs)
+        name = write_segment(self.store.index_dir, data)
+        self.store.index.add_local(packs, recs, name)
+        return name
+
+    def abort(self) -> None:
+        """Discard everything not yet committed (sealed packs stay as garbage for gc)."""
+        if self.closed:
+            return
+        self.closed = True
+        for w in (self._data, self._meta):
+            if w is not None:
+                w.discard()
+        self._data = self._meta = None
+        self._sealer.shutdown(wait=True)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if et is not None:
+            self.abort()
+        elif not self.closed:
+            self.commit()

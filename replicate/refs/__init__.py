@@ -1,0 +1,1 @@
+"""Refs (named pointers to objects) and their reflogs."""

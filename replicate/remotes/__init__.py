@@ -1,0 +1,2 @@
+"""Remotes move bytes by key (file://, memory://, s3://, gs://, any fsspec URL). Coming with the
+remotes issue."""

@@ -1,0 +1,134 @@
+"""The repository: the composition root tying config, object store and refs together.
+
+A local repository is a ``.replicate/`` directory::
+
+    config         JSON: format name and version, hash, chunker and codec parameters
+    packs/ index/  the object store (see replicate.objects.store)
+    refs/ logs/    refs and reflogs (see replicate.refs.store)
+    heartbeats/    one file per running experiment
+    cache/         the stat cache and other rebuildable caches
+    tmp/           files being written (garbage after a crash)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from replicate.errors import ConfigError, IncompatibleRepository, RepositoryNotFound
+from replicate.fsutil import create_exclusive
+from replicate.objects import chunker
+from replicate.objects.statcache import StatCache
+from replicate.objects.store import ObjectStore
+from replicate.refs.store import RefStore
+
+FORMAT = "replicate"
+FORMAT_VERSION = 1
+
+
+def repository_config() -> dict[str, object]:
+    """The config a new repository is created with."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "hash": "blake3-256",
+        "chunker": chunker.PARAMS,
+        "compression": {"codecs": ["raw", "zstd"], "data_level": 1, "text_level": 3},
+        "pack": {"data_target": 64 * 1024 * 1024},
+    }
+
+
+def _looks_like_predecessor(root: Path) -> bool:
+    return (
+        (root / "repository.json").exists()
+        or (root / "metadata").is_dir()
+        or (root / "checkpoints").is_dir()
+    )
+
+
+class Repository:
+    """A local repository rooted at a ``.replicate`` directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = self._read_config()
+        self.objects = ObjectStore(root)
+        self.refs = RefStore(root)
+        self.heartbeats_dir = root / "heartbeats"
+        self._statcache: StatCache | None = None
+
+    @classmethod
+    def init(cls, root: Path) -> Repository:
+        """Create the repository at ``root`` if needed (safe to race), then open it."""
+        root = Path(root)
+        if root.exists() and not (root / "config").exists() and _looks_like_predecessor(root):
+            raise IncompatibleRepository(_predecessor_message(root))
+        for sub in ("packs", "index", "refs/experiments", "logs", "heartbeats", "tmp", "cache"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        cfg = json.dumps(repository_config(), indent=1, sort_keys=True).encode() + b"\n"
+        create_exclusive(root / "config", cfg)
+        return cls(root)
+
+    @classmethod
+    def open(cls, root: Path) -> Repository:
+        """Open an existing repository."""
+        root = Path(root)
+        if not (root / "config").is_file():
+            if root.is_dir() and _looks_like_predecessor(root):
+                raise IncompatibleRepository(_predecessor_message(root))
+            raise RepositoryNotFound(
+                f"no replicate repository at {root}; run a training script that calls "
+                "replicate.init() first, or pass -R/--repository"
+            )
+        return cls(root)
+
+    def _read_config(self) -> dict[str, object]:
+        p = self.root / "config"
+        try:
+            cfg = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise RepositoryNotFound(f"no replicate repository at {self.root}") from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"unreadable repository config {p}: {e}") from None
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+            raise IncompatibleRepository(f"{p} is not a replicate repository config")
+        v = cfg.get("version")
+        if not isinstance(v, int) or v > FORMAT_VERSION:
+            raise IncompatibleRepository(
+                f"the repository at {self.root} has format version {v}, newer than this "
+                f"replicate understands ({FORMAT_VERSION}); upgrade: pip install -U replicate"
+            )
+        if cfg.get("chunker") != chunker.PARAMS:
+            raise IncompatibleRepository(
+                f"the repository at {self.root} uses different chunker parameters"
+            )
+        return cfg
+
+    @property
+    def statcache(self) -> StatCache:
+        """The stat cache (opened on first use)."""
+        if self._statcache is None:
+            self._statcache = StatCache(self.root / "cache" / "stat.db")
+        return self._statcache
+
+    def experiment_ref(self, experiment_id: bytes) -> str:
+        """Ref name of an experiment's head."""
+        return f"experiments/{experiment_id.hex()}"
+
+    def close(self) -> None:
+        """Release file descriptors and caches."""
+        self.objects.close()
+        if self._statcache is not None:
+            self._statcache.close()
+
+    def __repr__(self) -> str:
+        return f"Repository({os.fspath(self.root)!r})"
+
+
+def _predecessor_message(root: Path) -> str:
+    return (
+        f"{root} holds a repository of replicate's predecessor (keepsake/replicate 0.x: "
+        "metadata/ and checkpoints/*.tar.gz), which this version cannot read; move it aside "
+        "or point replicate at another directory"
+    )
