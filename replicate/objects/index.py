@@ -260,3 +260,20 @@ class Index:
 
     def __len__(self) -> int:
         return len(self._base) + sum(len(e) for e in self._extra)
+
+    def find_prefix(self, prefix_hex: str, type_code: int | None = None) -> list[bytes]:
+        """Distinct IDs starting with the hex ``prefix_hex`` (optionally of one type)."""
+        p = prefix_hex.lower()
+        lo = _id_key(bytes.fromhex((p + "0" * 64)[:64]))
+        hi = _id_key(bytes.fromhex((p + "f" * 64)[:64]))
+        out: set[bytes] = set()
+        for arr in (self._base, *self._extra):
+            if not len(arr):
+                continue
+            ids = arr["id"]
+            a = int(np.searchsorted(ids, lo, "left")[0])
+            b = int(np.searchsorted(ids, hi, "right")[0])
+            for r in arr[a:b]:
+                if type_code is None or int(r["type"]) == type_code:
+                    out.add(bytes(r["id"]).ljust(32, b"\0"))
+        return sorted(out)

@@ -1,0 +1,259 @@
+"""Projects: where a run's files live and which repository records them; ``init()``."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import time
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any
+
+from replicate.version import __version__
+from replicate.config import REPO_DIR, find_project_dir, load_project_config
+from replicate.errors import ConfigError, DoesNotExist, RefConflict, RepositoryNotFound
+from replicate.experiment import Checkpoint, Experiment
+from replicate.history import (
+    CheckpointRecord,
+    ExperimentRecord,
+    experiment_ids,
+    load_experiment,
+    removed_checkpoints,
+    resolve_checkpoint,
+    resolve_experiment,
+)
+from replicate.lists import ExperimentList, Filter
+from replicate.objects import codec
+from replicate.repository import Repository
+
+
+def _local_repo_path(repository: str, base: Path) -> Path:
+    """The directory of a local repository URL (a path or file://)."""
+    if repository.startswith("file://"):
+        rest = repository[len("file://"):]
+        p = Path(rest)
+        return p if p.is_absolute() else (base / p)
+    if "://" in repository:
+        raise ConfigError(
+            f"repository {repository!r}: remote repositories are not supported by this version "
+            "yet; use a local path or file:// URL"
+        )
+    p = Path(repository).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+class Project:
+    """A project directory and the repository that records its experiments.
+
+    Args:
+        directory: the project directory (default: the nearest parent holding replicate.yaml
+            or .replicate/, else the working directory).
+        repository: a local path or file:// URL of a repository (default: replicate.yaml's
+            ``repository:`` if set, else ``<directory>/.replicate``).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None,
+                 repository: str | None = None) -> None:
+        self.directory = (
+            Path(directory).resolve() if directory is not None else find_project_dir()
+        )
+        self._repository_arg = repository
+        self._repo: Repository | None = None
+        self.experiments = ExperimentCollection(self)
+        self.checkpoints = CheckpointCollection(self)
+
+    def repository_path(self) -> Path:
+        """Where the repository lives."""
+        if self._repository_arg:
+            return _local_repo_path(self._repository_arg, Path.cwd())
+        cfg = load_project_config(self.directory)
+        if cfg.repository:
+            return _local_repo_path(cfg.repository, self.directory)
+        return self.directory / REPO_DIR
+
+    def repo(self, create: bool = False) -> Repository:
+        """The repository (opened once; created when ``create``)."""
+        if self._repo is None:
+            path = self.repository_path()
+            self._repo = Repository.init(path) if create else Repository.open(path)
+        return self._repo
+
+    def relpath(self, path: str | os.PathLike[str]) -> str:
+        """``path`` as a POSIX path relative to the project directory (ValueError if it does
+        not exist or lies outside the project)."""
+        raw = os.fspath(path)
+        if not isinstance(raw, str) or raw == "":
+            raise ValueError("path must be a non-empty string")
+        p = Path(raw)
+        absolute = p if p.is_absolute() else self.directory / p
+        absolute = Path(os.path.normpath(absolute))
+        try:
+            rel = absolute.relative_to(self.directory)
+        except ValueError:
+            raise ValueError(
+                f"path {raw!r} is outside the project directory {self.directory}"
+            ) from None
+        if not os.path.lexists(absolute):
+            raise ValueError(f"path {raw!r} does not exist (looked for {absolute})")
+        r = rel.as_posix()
+        return "." if r in ("", ".") else codec.check_relpath(r)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _create_experiment(self, path: str | None, params: Any,
+                           disable_heartbeat: bool = False) -> Experiment:
+        from replicate import metadata
+        from replicate.build import snapshot
+
+        p = metadata.to_jsonable(params if params is not None else {})
+        if not isinstance(p, dict):
+            raise ValueError(f"params must be a dict of name -> value, not {type(params).__name__}")
+        rel = self.relpath(path) if path is not None else None
+        meta = metadata.collect(str(self.directory))
+        repo = self.repo(create=True)
+        with repo.objects.transaction() as txn:
+            code = snapshot(txn, self.directory, rel, repo.statcache)[0] if rel else None
+            obj = codec.Experiment(
+                created_ns=time.time_ns(),
+                nonce=secrets.token_bytes(16),
+                params=p,
+                path=rel,
+                code=code,
+                user=meta.get("user") or "",
+                host=meta.get("host") or "",
+                command=meta.get("command") or "",
+                python_version=meta.get("python_version") or "",
+                packages=tuple(sorted((meta.get("python_packages") or {}).items())),
+                git=meta.get("git"),
+                system=meta.get("system") or {},
+                replicate_version=__version__,
+            )
+            eid = txn.put_object(obj)
+        repo.refs.update(repo.experiment_ref(eid), eid, old=None, message="init")
+        exp = Experiment(self, ExperimentRecord(eid, obj, eid, []))
+        if not disable_heartbeat:
+            exp._start_heartbeat()
+            _RUNNING.add(exp)
+        return exp
+
+    def _write_checkpoint(self, eid: bytes, rel: str | None, step: int,
+                          metrics: dict[str, Any],
+                          pm: tuple[str, str] | None) -> CheckpointRecord:
+        from replicate.build import snapshot
+
+        repo = self.repo()
+        ref = repo.experiment_ref(eid)
+        created = time.time_ns()
+        with repo.objects.transaction() as txn:
+            files = snapshot(txn, self.directory, rel, repo.statcache)[0] if rel else None
+        for _attempt in range(100):
+            head = repo.refs.read(ref)
+            if head is None:
+                raise DoesNotExist(f"experiment {eid.hex()[:7]} was deleted")
+            obj = codec.Checkpoint(
+                experiment=eid,
+                parent=None if head == eid else head,
+                created_ns=created,
+                step=step,
+                path=rel,
+                files=files,
+                metrics=metrics,
+                primary_metric=pm,
+            )
+            with repo.objects.transaction() as txn:
+                cid = txn.put_object(obj)
+            try:
+                repo.refs.update(ref, cid, old=head, message=f"checkpoint step {step}")
+            except RefConflict:
+                continue  # another process checkpointed this experiment: rebase and retry
+            return CheckpointRecord(cid, obj)
+        raise RefConflict(f"experiment {eid.hex()[:7]} keeps moving; checkpoint not recorded")
+
+    def _delete_experiment(self, eid: bytes) -> None:
+        repo = self.repo()
+        repo.refs.delete(repo.experiment_ref(eid), message="rm")
+        (repo.heartbeats_dir / eid.hex()).unlink(missing_ok=True)
+
+
+class ExperimentCollection:
+    """``project.experiments``: create, get and list experiments."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+
+    def create(self, path: str | None = None, params: dict[str, Any] | None = None,
+               disable_heartbeat: bool = False) -> Experiment:
+        """Start recording a new experiment (what :func:`replicate.init` does)."""
+        return self.project._create_experiment(path, params, disable_heartbeat)
+
+    def get(self, experiment_id: str) -> Experiment:
+        """The experiment whose ID starts with ``experiment_id``."""
+        repo = self.project.repo()
+        eid = resolve_experiment(repo, experiment_id)
+        return Experiment(self.project, load_experiment(repo, eid))
+
+    def list(self, filter: Filter | None = None) -> ExperimentList:  # noqa: A002
+        """Every experiment, oldest first; ``filter`` keeps those for which it returns True."""
+        try:
+            repo = self.project.repo()
+        except RepositoryNotFound:
+            return ExperimentList()
+        removed = removed_checkpoints(repo)
+        exps = [Experiment(self.project, load_experiment(repo, e, removed))
+                for e in experiment_ids(repo)]
+        exps.sort(key=lambda e: (e.created, e.id))
+        if filter is not None:
+            kept = []
+            for e in exps:
+                try:
+                    if filter(e):
+                        kept.append(e)
+                except Exception as err:  # as the predecessor: warn and exclude
+                    warnings.warn(f"filter failed on experiment {e.short_id()}: {err}",
+                                  stacklevel=2)
+            exps = kept
+        return ExperimentList(exps)
+
+
+class CheckpointCollection:
+    """``project.checkpoints``: look up a checkpoint by ID prefix."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+
+    def get(self, checkpoint_id: str) -> Checkpoint:
+        """The checkpoint whose ID starts with ``checkpoint_id``."""
+        repo = self.project.repo()
+        eid, cid = resolve_checkpoint(repo, checkpoint_id)
+        exp = Experiment(self.project, load_experiment(repo, eid))
+        for c in exp.checkpoints:
+            if c.id == cid.hex():
+                return c
+        raise DoesNotExist(f"checkpoint {checkpoint_id} not found")  # pragma: no cover
+
+
+_RUNNING: weakref.WeakSet[Experiment] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for exp in list(_RUNNING):
+        try:
+            exp.stop()
+        except Exception:
+            pass
+
+
+def init(path: str | None = None, params: dict[str, Any] | None = None,
+         disable_heartbeat: bool = False) -> Experiment:
+    """Start recording an experiment in the project containing the working directory.
+
+    Args:
+        path: a file or directory (relative to the project directory) whose code to save,
+            "." for the whole project, None to save no code.
+        params: hyperparameters (JSON-able values; numpy/torch values are converted).
+        disable_heartbeat: do not mark the experiment running (for notebooks).
+    """
+    return Project().experiments.create(path, params, disable_heartbeat)
