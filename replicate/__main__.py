@@ -1,0 +1,5 @@
+"""``python -m replicate``: the command line."""
+
+from replicate.cli import main
+
+main()
