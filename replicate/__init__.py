@@ -32,7 +32,7 @@ from replicate.version import __version__
 
 if TYPE_CHECKING:
     from replicate.experiment import Checkpoint, Experiment
-    from replicate.project import CheckpointCollection, ExperimentCollection, Project
+    from replicate.project import Project
 
 __all__ = [
     "AmbiguousID",

@@ -11,7 +11,6 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from replicate.version import __version__
 from replicate.config import REPO_DIR, find_project_dir, load_project_config
 from replicate.errors import ConfigError, DoesNotExist, RefConflict, RepositoryNotFound
 from replicate.experiment import Checkpoint, Experiment
@@ -27,6 +26,7 @@ from replicate.history import (
 from replicate.lists import ExperimentList, Filter
 from replicate.objects import codec
 from replicate.repository import Repository
+from replicate.version import __version__
 
 
 def _local_repo_path(repository: str, base: Path) -> Path:

@@ -23,7 +23,7 @@ import msgpack
 
 from replicate.errors import ReplicateError
 from replicate.fsutil import write_atomic
-from replicate.heartbeat import TIMEOUT_NS
+from replicate.heartbeat import is_running
 from replicate.history import experiment_ids, read_checkpoint_object, read_experiment_object
 from replicate.objects import codec
 from replicate.repository import Repository
@@ -193,8 +193,6 @@ def summaries(repo: Repository) -> list[Summary]:
 
 
 def _fresh(p: Path, now: int) -> bool:
-    from replicate.heartbeat import is_running
-
     return is_running(p, now)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import msgpack
 
@@ -147,7 +147,7 @@ class Checkpoint:
     primary_metric: tuple[str, str] | None = None
 
 
-StructuredObject = Union[File, Segment, Tree, Experiment, Checkpoint]
+StructuredObject = File | Segment | Tree | Experiment | Checkpoint
 
 
 def type_code(obj: StructuredObject) -> int:
