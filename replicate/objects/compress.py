@@ -63,8 +63,12 @@ def decompress(codec: int, stored: bytes | memoryview, raw_len: int) -> bytes:
         out = bytes(stored)
     elif codec == ZSTD:
         try:
+            # Never trust the frame's own size field for allocation: check it first.
+            declared = zstandard.frame_content_size(stored)
+            if declared != raw_len:
+                raise ValueError(f"zstd frame declares {declared} bytes, expected {raw_len}")
             out = _decompressor().decompress(stored, max_output_size=raw_len)
-        except zstandard.ZstdError as e:
+        except (zstandard.ZstdError, MemoryError) as e:
             raise ValueError(f"zstd: {e}") from None
     else:
         raise ValueError(f"unknown codec {codec}")

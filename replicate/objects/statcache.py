@@ -1,9 +1,10 @@
 """The stat cache: (path, size, mtime, ctime, inode) -> file object ID, so re-saving an
 unchanged multi-GB file costs a ``stat``, not a re-hash (as Git's index and DVC's md5 DB do).
 
-Entries are trusted only when the file's mtime is older than RACY_NS at the time it was read
-(Git's "racily clean" rule): a write within the file system's timestamp granularity could
-otherwise go unnoticed. The cache is best-effort: any database error disables it silently.
+Entries are recorded only when the file's mtime was already older than the file system's
+timestamp granularity when it was read (Git's "racily clean" rule): a later write within the
+same timestamp tick would otherwise go unnoticed. File systems with nanosecond timestamps tick
+at most every few milliseconds (RACY_NS); whole-second timestamps get RACY_COARSE_NS. The cache is best-effort: any database error disables it silently.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-RACY_NS = 2_000_000_000
+RACY_NS = 100_000_000
+RACY_COARSE_NS = 2_000_000_000
 
 
 class StatCache:
@@ -68,7 +70,7 @@ class StatCache:
 
     def put(self, path: str, st: os.stat_result, file_id: bytes, read_start_ns: int) -> None:
         """Record ``file_id`` for ``path`` unless the stat is racy (mtime too recent)."""
-        if st.st_mtime_ns >= read_start_ns - RACY_NS or st.st_ctime_ns >= read_start_ns - RACY_NS:
+        if is_racy(st, read_start_ns):
             return
         with self._lock:
             db = self._conn()
@@ -89,6 +91,13 @@ class StatCache:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def is_racy(st: os.stat_result, read_start_ns: int) -> bool:
+    """True when ``st`` is too recent (relative to when the file was read) to be trusted."""
+    coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+    margin = RACY_COARSE_NS if coarse else RACY_NS
+    return max(st.st_mtime_ns, st.st_ctime_ns) >= read_start_ns - margin
 
 
 def now_ns() -> int:
