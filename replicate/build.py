@@ -38,6 +38,7 @@ LIVE = "live"  # read the original file when building (synchronous path)
 MEMORY = "memory"  # bytes captured in memory
 STAGED = "staged"  # bytes copied to a staging file
 CACHED = "cached"  # unchanged: the stat cache knows its file object
+SAME = "same"  # unchanged since an earlier capture of this process (maybe not yet built)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class CapturedFile:
     file_id: bytes | None = None  # CACHED
     data: Any = None  # MEMORY: a bytes-like of exactly st_size... or fewer if it shrank
     staged: Path | None = None  # STAGED
+    same: CapturedFile | None = None  # SAME
     read_start: int = 0
 
 
@@ -148,15 +150,17 @@ class Capturer:
         is_stored: Callable[[bytes], bool] | None = None,
         placement: Placement = _always_live,
         staging_dir: Path | None = None,
-        buffers: Callable[[int], Any] | None = None,
+        buffers: Buffers | None = None,
         ignore: bool = True,
+        recent: dict[str, CapturedFile] | None = None,
     ) -> None:
         self.root = project_dir
+        self.recent = recent
         self.statcache = statcache
         self.is_stored = is_stored or (lambda _i: False)
         self.placement = placement
         self.staging_dir = staging_dir
-        self.buffers = buffers or bytearray
+        self.buffers = buffers or _new_buffer
         self.rules = IgnoreRules(project_dir if ignore else None)
         self.cap = Capture(".", CapturedDir(0o755))
 
@@ -168,15 +172,28 @@ class Capturer:
             if fid is not None and self.is_stored(fid):
                 self.cap.stats.cached_files += 1
                 return CapturedFile(path, mode, st, CACHED, file_id=fid)
+        key = os.fspath(path)
+        prev = self.recent.get(key) if self.recent is not None else None
+        if (
+            prev is not None
+            and StatCache.key(prev.st) == StatCache.key(st)
+            and (self.statcache is None or self.statcache.trusted(st, prev.read_start))
+        ):
+            self.cap.stats.cached_files += 1
+            return CapturedFile(path, mode, st, SAME, same=prev)
         where = self.placement(st.st_size)
         start = now_ns()
         if where == MEMORY:
-            buf = self.buffers(st.st_size)
+            buf, free = self.buffers(st.st_size)
+            self.cap._release.append(free)
             n = _read_into(path, buf)
             if n < st.st_size:  # shrank while we read: keep what we read
                 buf = memoryview(buf)[:n]
             self.cap.memory_bytes += n
-            return CapturedFile(path, mode, st, MEMORY, data=buf, read_start=start)
+            cf = CapturedFile(path, mode, st, MEMORY, data=buf, read_start=start)
+            if self.recent is not None and n == st.st_size:
+                self.recent[key] = cf
+            return cf
         if where == STAGED:
             assert self.staging_dir is not None
             self.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +201,10 @@ class Capturer:
             shutil.copyfile(path, dest)
             self.cap.staged_bytes += st.st_size
             self.cap.staging_dir = self.staging_dir
-            return CapturedFile(path, mode, st, STAGED, staged=dest, read_start=start)
+            cf = CapturedFile(path, mode, st, STAGED, staged=dest, read_start=start)
+            if self.recent is not None:
+                self.recent[key] = cf
+            return cf
         return CapturedFile(path, mode, st, LIVE)
 
     def node(self, path: Path, rel: str, st: os.stat_result) -> Node | None:
@@ -254,6 +274,14 @@ class Capturer:
             raise
 
 
+def _new_buffer(n: int) -> tuple[Any, Callable[[], None]]:
+    return bytearray(n), lambda: None
+
+
+# Returns (a writable buffer of exactly n bytes, a function giving it back).
+Buffers = Callable[[int], tuple[Any, Callable[[], None]]]
+
+
 def _read_into(path: Path, buf: Any) -> int:
     mv = memoryview(buf).cast("B")
     n = 0
@@ -273,11 +301,14 @@ def capture(
     is_stored: Callable[[bytes], bool] | None = None,
     placement: Placement = _always_live,
     staging_dir: Path | None = None,
-    buffers: Callable[[int], Any] | None = None,
+    buffers: Buffers | None = None,
     ignore: bool = True,
+    recent: dict[str, CapturedFile] | None = None,
 ) -> Capture:
-    """Capture ``rel_path`` of ``project_dir`` (see the module docstring)."""
-    c = Capturer(project_dir, statcache, is_stored, placement, staging_dir, buffers, ignore)
+    """Capture ``rel_path`` of ``project_dir`` (see the module docstring). ``recent`` maps
+    paths to this process's earlier captures, so a file unchanged since then is not read."""
+    c = Capturer(project_dir, statcache, is_stored, placement, staging_dir, buffers, ignore,
+                 recent)
     return c.capture(rel_path)
 
 
@@ -292,7 +323,17 @@ class Builder:
         self.statcache = statcache
 
     def file(self, name: str, f: CapturedFile, stats: BuildStats) -> TreeEntry:
-        if f.source == CACHED and f.file_id is not None and self.txn.has(f.file_id):
+        if f.source == SAME:
+            assert f.same is not None
+            f.file_id = f.same.file_id
+            if f.file_id is None or not self.txn.has(f.file_id):
+                # the earlier capture was never stored: read the file if it is unchanged
+                if StatCache.key(os.stat(f.path)) != StatCache.key(f.st):
+                    raise FileNotFoundError(
+                        f"{f.path} changed before its checkpoint could be saved"
+                    )
+                f.source = LIVE
+        if f.source in (CACHED, SAME) and f.file_id is not None and self.txn.has(f.file_id):
             return TreeEntry(name, f.mode, KIND_FILE, f.file_id, f.st.st_size)
         if f.source == MEMORY:
             fobj = ingest_bytes(self.txn, f.data)
@@ -307,6 +348,8 @@ class Builder:
             with open(f.path, "rb") as fh:
                 fobj = ingest_file(self.txn, fh)
         fid = self.txn.put_object(fobj)
+        f.file_id = fid
+        f.data = None  # the bytes are stored; let the buffer go
         stats.bytes += fobj.size
         unchanged = f.source != LIVE or StatCache.key(os.stat(f.path)) == StatCache.key(f.st)
         if self.statcache is not None and fobj.size == f.st.st_size and unchanged:

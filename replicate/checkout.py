@@ -150,7 +150,11 @@ def plan_conflicts(store: ObjectStore, items: list[_Item], target: Path) -> list
     """Paths that exist in ``target`` with content differing from what checkout would write."""
     conflicts: list[str] = []
     for it in items:
-        _check_dirs(target, it.rel)
+        try:
+            _check_dirs(target, it.rel)
+        except CheckoutConflict as c:  # a file where a parent directory goes
+            conflicts.extend(x for x in c.paths if x not in conflicts)
+            continue
         p = target / it.rel
         try:
             st = os.lstat(p)

@@ -21,6 +21,7 @@ from replicate.objects.reader import open_file, read_file_object
 
 if TYPE_CHECKING:
     from replicate.project import Project
+    from replicate.saver import Job
 
 
 class CheckpointWarning(UserWarning):
@@ -28,6 +29,15 @@ class CheckpointWarning(UserWarning):
 
 
 warnings.simplefilter("always", CheckpointWarning)
+
+
+def _warn_failed(exp: Experiment, step: int, e: BaseException, stacklevel: int) -> None:
+    warnings.warn(
+        f"replicate: could not save checkpoint (step {step}) of experiment "
+        f"{exp.short_id()}: {type(e).__name__}: {e}; training continues",
+        CheckpointWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def _dt_from_ns(ns: int) -> _dt.datetime:
@@ -65,13 +75,20 @@ def validate_primary_metric(pm: Any) -> tuple[str, str] | None:
 
 
 class Checkpoint:
-    """One checkpoint of an experiment: metrics, step and (optionally) saved files."""
+    """One checkpoint of an experiment: metrics, step and (optionally) saved files.
 
-    def __init__(self, experiment: Experiment, record: CheckpointRecord) -> None:
+    A checkpoint returned by ``experiment.checkpoint()`` may still be being saved in the
+    background: its metrics, step and path are there at once; ``id`` (and reading its files)
+    waits until it is committed, and :meth:`wait` waits explicitly.
+    """
+
+    def __init__(self, experiment: Experiment, record: CheckpointRecord | None = None,
+                 job: Job | None = None, obj: codec.Checkpoint | None = None) -> None:
         self.experiment = experiment
         self._rec = record
-        o = record.obj
-        self.id: str = record.id.hex()
+        self._job = job
+        o = record.obj if record is not None else obj
+        assert o is not None
         self.created: _dt.datetime = _dt_from_ns(o.created_ns)
         self.step: int = o.step
         self.path: str | None = o.path
@@ -81,9 +98,33 @@ class Checkpoint:
             else {"name": o.primary_metric[0], "goal": o.primary_metric[1]}
         )
 
+    def wait(self, timeout: float | None = None) -> Checkpoint:
+        """Wait until this checkpoint is durably committed; raise if saving it failed."""
+        if self._rec is None:
+            assert self._job is not None
+            self._rec = self._job.wait(timeout)
+        return self
+
+    @property
+    def saved(self) -> bool:
+        """True once committed (False while saving in the background or if it failed)."""
+        if self._rec is not None:
+            return True
+        assert self._job is not None
+        return self._job.done.is_set() and self._job.error is None
+
+    @property
+    def id(self) -> str:
+        """The 64-hex ID (waits for the commit of a checkpoint still being saved)."""
+        self.wait()
+        assert self._rec is not None
+        return self._rec.id.hex()
+
     @property
     def files_removed(self) -> bool:
         """True when this checkpoint's files were removed with ``replicate rm``."""
+        self.wait()
+        assert self._rec is not None
         return self._rec.removed
 
     def short_id(self) -> str:
@@ -91,6 +132,8 @@ class Checkpoint:
         return self.id[: ids.SHORT_LEN]
 
     def _trees(self) -> list[bytes]:
+        self.wait()
+        assert self._rec is not None
         out = []
         if self.experiment._obj.code is not None:
             out.append(self.experiment._obj.code)
@@ -154,8 +197,9 @@ class Checkpoint:
         }
 
     def __repr__(self) -> str:
+        sid = self._rec.id.hex()[: ids.SHORT_LEN] if self._rec is not None else "(saving)"
         return (
-            f"Checkpoint(id={self.short_id()!r}, step={self.step}, "
+            f"Checkpoint(id={sid!r}, step={self.step}, "
             f"metrics={self.metrics!r}, path={self.path!r})"
         )
 
@@ -218,13 +262,16 @@ class Experiment:
         metrics: dict[str, Any] | None = None,
         primary_metric: tuple[str, str] | None = None,
         quiet: bool = False,
+        wait: bool = False,
     ) -> Checkpoint | None:
         """Record a checkpoint: the bytes of ``path`` (a file or directory in the project),
         ``metrics`` and ``step`` (auto-incremented when None).
 
-        The bytes are captured before this returns, so overwriting the file afterwards is safe.
-        Invalid arguments raise ValueError; a failure to save (disk full...) warns loudly and
-        returns None so training goes on.
+        The bytes are captured before this returns, so overwriting the file afterwards is safe;
+        chunking, compression and the commit happen in the background, in order (``wait=True``
+        does everything before returning). Invalid arguments raise ValueError; a failure to save
+        (disk full...) is a loud warning and training goes on: None is returned, or, in the
+        background, the checkpoint's :meth:`Checkpoint.wait` raises the error.
         """
         rel = self._project.relpath(path) if path is not None else None
         m = validate_metrics(metrics)
@@ -238,18 +285,44 @@ class Experiment:
             last = self.checkpoints[-1].step if self.checkpoints else None
             step = 0 if last is None else last + 1
         try:
-            rec = self._project._write_checkpoint(self._eid, rel, step, m, pm)
+            if wait:
+                self.wait(raise_errors=False)
+                rec = self._project._save_checkpoint_now(self._eid, rel, step, m, pm)
+                cp = Checkpoint(self, rec)
+            else:
+                job, obj = self._project._save_checkpoint_later(self._eid, rel, step, m, pm)
+                cp = Checkpoint(self, job=job, obj=obj)
+                job.on_done = self._background_done(cp)
+                from replicate.saver import get_saver
+
+                get_saver().submit(job)
         except Exception as e:  # never break training
-            warnings.warn(
-                f"replicate: could not save checkpoint (step {step}) of experiment "
-                f"{self.short_id()}: {type(e).__name__}: {e}; training continues",
-                CheckpointWarning,
-                stacklevel=2,
-            )
+            _warn_failed(self, step, e, stacklevel=3)
             return None
-        cp = Checkpoint(self, rec)
         self.checkpoints.append(cp)
         return cp
+
+    def _background_done(self, cp: Checkpoint) -> Any:
+        def done(job: Job) -> None:
+            if job.error is not None:
+                if cp in self.checkpoints:
+                    self.checkpoints.remove(cp)
+                _warn_failed(self, cp.step, job.error, stacklevel=1)
+
+        return done
+
+    def wait(self, timeout: float | None = None, raise_errors: bool = True) -> None:
+        """Wait until every checkpoint of this experiment taken so far is committed; raises
+        the first background error (unless ``raise_errors`` is False)."""
+        for cp in list(self.checkpoints):
+            if cp._rec is None and cp._job is not None:
+                try:
+                    cp.wait(timeout)
+                except TimeoutError:
+                    raise
+                except Exception:
+                    if raise_errors:
+                        raise
 
     def _start_heartbeat(self) -> None:
         self._heartbeat = Heartbeat(heartbeat_path(self._project.repo().heartbeats_dir, self._eid))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import secrets
 import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replicate.config import REPO_DIR, find_project_dir, load_project_config
 from replicate.errors import ConfigError, DoesNotExist, RefConflict, RepositoryNotFound
@@ -27,6 +28,18 @@ from replicate.lists import ExperimentList, Filter
 from replicate.objects import codec
 from replicate.repository import Repository
 from replicate.version import __version__
+
+if TYPE_CHECKING:
+    from replicate.build import Capture
+    from replicate.saver import Job
+
+logger = logging.getLogger("replicate")
+
+
+def _human(n: float) -> str:
+    from replicate.saver import human
+
+    return human(n)
 
 
 def _local_repo_path(repository: str, base: Path) -> Path:
@@ -138,16 +151,81 @@ class Project:
             _RUNNING.add(exp)
         return exp
 
-    def _write_checkpoint(self, eid: bytes, rel: str | None, step: int,
-                          metrics: dict[str, Any],
-                          pm: tuple[str, str] | None) -> CheckpointRecord:
-        from replicate.build import snapshot
+    def _save_checkpoint_now(self, eid: bytes, rel: str | None, step: int,
+                             metrics: dict[str, Any],
+                             pm: tuple[str, str] | None) -> CheckpointRecord:
+        """Capture, process and commit in the caller's thread (reading files as it goes)."""
+        from replicate.build import capture
+
+        repo = self.repo()
+        created = time.time_ns()
+        cap = capture(self.directory, rel, repo.statcache, repo.objects.has) if rel else None
+        try:
+            return self._commit(eid, cap, step, metrics, pm, created)
+        finally:
+            if cap is not None:
+                cap.release()
+
+    def _save_checkpoint_later(self, eid: bytes, rel: str | None, step: int,
+                               metrics: dict[str, Any], pm: tuple[str, str] | None
+                               ) -> tuple[Job, codec.Checkpoint]:
+        """Capture now (memory within the budget, else a staging copy); return the job that
+        will process and commit it, and the checkpoint's fields."""
+        from replicate.build import MEMORY, capture
+        from replicate.saver import Job, get_saver
+
+        repo = self.repo()
+        saver = get_saver()
+        created = time.time_ns()
+        reserved = {"memory": 0, "staged": 0}
+        told = []
+
+        def on_wait() -> None:
+            if not told:
+                told.append(True)
+                n, nbytes = saver.in_flight()
+                logger.warning(
+                    "replicate: %d checkpoint(s) (%s) are still being saved; waiting for "
+                    "memory before capturing the next one (budget %s, set "
+                    "REPLICATE_MEMORY_BUDGET to change it)",
+                    n, _human(nbytes), _human(saver.budget.memory_limit),
+                )
+
+        def placement(size: int) -> str:
+            where = saver.budget.place(size, on_wait)
+            reserved["memory" if where == MEMORY else "staged"] += size
+            return where
+
+        cap = None
+        try:
+            if rel:
+                cap = capture(self.directory, rel, repo.statcache, repo.objects.has,
+                              placement=placement, staging_dir=repo.new_staging_dir(),
+                              buffers=saver.pool.get, recent=saver.recent)
+        except BaseException:
+            saver.budget.release(reserved["memory"], reserved["staged"])
+            raise
+        if cap is not None and cap.memory_bytes:
+            saver.pool.prefetch(max(len(f) for f in _memory_sizes(cap)))
+        obj = codec.Checkpoint(experiment=eid, parent=None, created_ns=created, step=step,
+                               path=rel, files=None, metrics=metrics, primary_metric=pm)
+
+        def commit(job: Job) -> CheckpointRecord:
+            return self._commit(eid, cap, step, metrics, pm, created)
+
+        return Job(commit, cap, memory=reserved["memory"], staged=reserved["staged"]), obj
+
+    def _commit(self, eid: bytes, cap: Capture | None, step: int, metrics: dict[str, Any],
+                pm: tuple[str, str] | None, created: int) -> CheckpointRecord:
+        """Store a capture and move the experiment's ref to a new checkpoint (ref last)."""
+        from replicate.build import build
 
         repo = self.repo()
         ref = repo.experiment_ref(eid)
-        created = time.time_ns()
-        with repo.objects.transaction() as txn:
-            files = snapshot(txn, self.directory, rel, repo.statcache)[0] if rel else None
+        files = None
+        if cap is not None:
+            with repo.objects.transaction() as txn:
+                files = build(txn, cap, repo.statcache)
         for _attempt in range(100):
             head = repo.refs.read(ref)
             if head is None:
@@ -157,7 +235,7 @@ class Project:
                 parent=None if head == eid else head,
                 created_ns=created,
                 step=step,
-                path=rel,
+                path=cap.rel if cap is not None else None,
                 files=files,
                 metrics=metrics,
                 primary_metric=pm,
@@ -175,6 +253,21 @@ class Project:
         repo = self.repo()
         repo.refs.delete(repo.experiment_ref(eid), message="rm")
         (repo.heartbeats_dir / eid.hex()).unlink(missing_ok=True)
+
+
+def _memory_sizes(cap: Capture) -> list[bytes]:
+    from replicate.build import MEMORY, CapturedDir, CapturedFile
+
+    out = []
+    stack = [cap.root]
+    while stack:
+        d = stack.pop()
+        for n in d.children.values():
+            if isinstance(n, CapturedDir):
+                stack.append(n)
+            elif isinstance(n, CapturedFile) and n.source == MEMORY:
+                out.append(n.data)
+    return out
 
 
 class ExperimentCollection:

@@ -3,6 +3,7 @@
 A local repository is a ``.replicate/`` directory::
 
     config         JSON: format name and version, hash, chunker and codec parameters
+    staging/       bytes captured by checkpoint() waiting to be processed, per process
     packs/ index/  the object store (see replicate.objects.store)
     refs/ logs/    refs and reflogs (see replicate.refs.store)
     heartbeats/    one file per running experiment
@@ -14,6 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
+import socket
 from pathlib import Path
 
 from replicate.errors import ConfigError, IncompatibleRepository, RepositoryNotFound
@@ -56,7 +60,10 @@ class Repository:
         self.objects = ObjectStore(root)
         self.refs = RefStore(root)
         self.heartbeats_dir = root / "heartbeats"
+        self.staging_root = root / "staging"
         self._statcache: StatCache | None = None
+        if self.staging_root.is_dir():
+            clean_stale_staging(self.staging_root)
 
     @classmethod
     def init(cls, root: Path) -> Repository:
@@ -109,8 +116,14 @@ class Repository:
     def statcache(self) -> StatCache:
         """The stat cache (opened on first use)."""
         if self._statcache is None:
-            self._statcache = StatCache(self.root / "cache" / "stat.db")
+            self._statcache = StatCache(self.root / "cache" / "stat.db", self.root / "tmp")
         return self._statcache
+
+    def new_staging_dir(self) -> Path:
+        """A fresh staging directory owned by this process (created on first use)."""
+        return self.staging_root / (
+            f"{os.getpid()}-{socket.gethostname()}-{secrets.token_hex(4)}"
+        )
 
     def experiment_ref(self, experiment_id: bytes) -> str:
         """Ref name of an experiment's head."""
@@ -132,3 +145,28 @@ def _predecessor_message(root: Path) -> str:
         "metadata/ and checkpoints/*.tar.gz), which this version cannot read; move it aside "
         "or point replicate at another directory"
     )
+
+
+def clean_stale_staging(root: Path) -> int:
+    """Remove staging directories left by processes on this host that no longer run (their
+    checkpoints were never committed, so nothing refers to them)."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return 0
+    host = socket.gethostname()
+    removed = 0
+    for n in names:
+        pid_s, _, rest = n.partition("-")
+        if not pid_s.isdigit() or rest.rsplit("-", 1)[0] != host:
+            continue
+        try:
+            os.kill(int(pid_s), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(root / n, ignore_errors=True)
+        removed += 1
+    return removed
