@@ -84,3 +84,19 @@ class RemoteError(ReplicateError):
 
 class FsckError(ReplicateError):
     """fsck found problems."""
+
+
+class RemoteNotFound(RemoteError):
+    """A key, bucket or path does not exist on the remote."""
+
+
+class RemoteExists(RemoteError):
+    """A create-only write found the key already there (another writer won)."""
+
+
+class RemoteUnavailable(RemoteError):
+    """The remote could not be reached or answered with a transient error (retryable)."""
+
+
+class RemoteAuthError(RemoteError):
+    """The remote refused our credentials."""

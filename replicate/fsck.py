@@ -112,6 +112,8 @@ def fsck(
 
     # 2. index <-> packs
     say("checking index")
+    for name, err in sorted(store.index.corrupt.items()):
+        rep.errors.append(f"index segment {name}: {err}; run fsck --rebuild-index")
     recs = store.index.all_records()
     rep.objects = len(recs)
     indexed_packs: set[bytes] = set()

@@ -126,6 +126,7 @@ class Index:
         self._superseded: set[str] = set()
         self._base = np.empty(0, dtype=RECORD)  # merged, sorted, global pack numbers
         self._extra: list[np.ndarray] = []  # small sorted arrays not yet merged
+        self.corrupt: dict[str, str] = {}  # damaged segments skipped: name -> error
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -156,12 +157,19 @@ class Index:
             for n in names:
                 if n in self._loaded or n in self._superseded:
                     continue
+                if n in self.corrupt:
+                    continue
                 try:
                     data = (self.dir / f"{n}.idx").read_bytes()
                 except FileNotFoundError:
                     vanished = True
                     continue
-                new.append(decode_segment(n, data))
+                try:
+                    new.append(decode_segment(n, data))
+                except CorruptObjectError as e:
+                    # The index is a cache: skip a damaged segment (fsck reports it, and
+                    # fsck --rebuild-index rebuilds the index from the packs).
+                    self.corrupt[n] = str(e)
             if vanished and not any(s.supersedes for s in new):
                 continue  # a compaction raced us: list again
             self._add_segments(new)

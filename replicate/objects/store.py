@@ -172,18 +172,22 @@ class ObjectStore:
 
 
 class PackWriter:
-    """Appends stored entries to a temp pack file; :meth:`seal` makes it a durable pack."""
+    """Appends stored entries to a temp pack file; :meth:`seal` makes it a durable pack of the
+    store, :meth:`finish` a complete pack file left in the temp directory (for uploads)."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore | None, tmp_dir: Path | None = None) -> None:
         self.store = store
-        store.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp = store.tmp_dir / f"pack-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        d = tmp_dir if tmp_dir is not None else store.tmp_dir if store is not None else None
+        assert d is not None
+        d.mkdir(parents=True, exist_ok=True)
+        self.tmp = d / f"pack-{os.getpid()}-{secrets.token_hex(8)}.tmp"
         self.f = open(self.tmp, "xb", buffering=0)
         self.f.write(pack.HEADER)
         self.size = len(pack.HEADER)
         self.entries: list[pack.PackEntry] = []
 
-    def append(self, oid: bytes, typ: int, stored: bytes | memoryview, raw_len: int, codec_: int) -> None:
+    def append(self, oid: bytes, typ: int, stored: bytes | memoryview, raw_len: int,
+               codec_: int) -> None:
         """Append one entry."""
         n = len(stored)
         view = memoryview(stored)
@@ -193,19 +197,24 @@ class PackWriter:
         self.entries.append(pack.PackEntry(oid, typ, self.size, n, raw_len, codec_))
         self.size += n
 
-    def seal(self) -> tuple[bytes, list[pack.PackEntry]]:
-        """Write footer and trailer, fsync, rename into packs/. Returns (pack id, entries)."""
+    def finish(self) -> tuple[bytes, list[pack.PackEntry], Path]:
+        """Write footer and trailer and fsync. Returns (pack id, entries, temp path)."""
         footer = pack.encode_footer(self.entries, secrets.token_bytes(16), time.time_ns())
         self.f.write(footer)
         self.f.write(pack.encode_trailer(footer))
         os.fsync(self.f.fileno())
         self.f.close()
-        pid = pack.pack_id_of_footer(footer)
+        return pack.pack_id_of_footer(footer), self.entries, self.tmp
+
+    def seal(self) -> tuple[bytes, list[pack.PackEntry]]:
+        """Finish, then rename into the store's packs/. Returns (pack id, entries)."""
+        assert self.store is not None
+        pid, entries, tmp = self.finish()
         dest = self.store.pack_path(pid)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp, dest)
+        os.replace(tmp, dest)
         fsync_dir(dest.parent)
-        return pid, self.entries
+        return pid, entries
 
     def discard(self) -> None:
         """Drop the temp file."""

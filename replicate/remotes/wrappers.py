@@ -1,0 +1,131 @@
+"""Cross-cutting behaviour as wrappers implementing the same interface: retries of transient
+errors, and request counting (for benchmarks and ``--verbose``)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from replicate.errors import RemoteUnavailable
+from replicate.remotes.base import KeyInfo, Remote
+
+T = TypeVar("T")
+
+
+class RetryingRemote:
+    """Retries RemoteUnavailable with bounded exponential backoff and jitter; every other
+    error passes straight through."""
+
+    def __init__(self, inner: Remote, attempts: int = 4, base_delay: float = 0.2,
+                 max_delay: float = 5.0) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.properties = inner.properties
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        delay = self.base_delay
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except RemoteUnavailable:
+                if attempt == self.attempts - 1:
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.max_delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get(self, key: str) -> bytes:
+        return self._retry(lambda: self.inner.get(key))
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        return self._retry(lambda: self.inner.get_range(key, start, end))
+
+    def put(self, key: str, data: bytes, create_only: bool = False) -> None:
+        self._retry(lambda: self.inner.put(key, data, create_only))
+
+    def put_file(self, key: str, path: str, create_only: bool = False) -> None:
+        self._retry(lambda: self.inner.put_file(key, path, create_only))
+
+    def get_file(self, key: str, path: str) -> None:
+        self._retry(lambda: self.inner.get_file(key, path))
+
+    def list(self, prefix: str) -> list[KeyInfo]:
+        return self._retry(lambda: self.inner.list(prefix))
+
+    def exists(self, key: str) -> bool:
+        return self._retry(lambda: self.inner.exists(key))
+
+    def delete(self, key: str) -> None:
+        self._retry(lambda: self.inner.delete(key))
+
+
+class CountingRemote:
+    """Counts calls by method (a LIST may cost several requests when paginated)."""
+
+    def __init__(self, inner: Remote) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.properties = inner.properties
+        self.counts: Counter[str] = Counter()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._lock = threading.Lock()
+
+    def _count(self, name: str, n_in: int = 0, n_out: int = 0) -> None:
+        with self._lock:
+            self.counts[name] += 1
+            self.bytes_in += n_in
+            self.bytes_out += n_out
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def get(self, key: str) -> bytes:
+        d = self.inner.get(key)
+        self._count("get", n_in=len(d))
+        return d
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        d = self.inner.get_range(key, start, end)
+        self._count("get_range", n_in=len(d))
+        return d
+
+    def put(self, key: str, data: bytes, create_only: bool = False) -> None:
+        self.inner.put(key, data, create_only)
+        self._count("put", n_out=len(data))
+
+    def put_file(self, key: str, path: str, create_only: bool = False) -> None:
+        import os
+
+        self.inner.put_file(key, path, create_only)
+        self._count("put_file", n_out=os.path.getsize(path))
+
+    def get_file(self, key: str, path: str) -> None:
+        import os
+
+        self.inner.get_file(key, path)
+        self._count("get_file", n_in=os.path.getsize(path))
+
+    def list(self, prefix: str) -> list[KeyInfo]:
+        r = self.inner.list(prefix)
+        self._count("list")
+        return r
+
+    def exists(self, key: str) -> bool:
+        r = self.inner.exists(key)
+        self._count("exists")
+        return r
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+        self._count("delete")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
