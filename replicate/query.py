@@ -28,7 +28,7 @@ from replicate.history import experiment_ids, read_checkpoint_object, read_exper
 from replicate.objects import codec
 from replicate.repository import Repository
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class FilterError(ReplicateError, ValueError):
@@ -134,50 +134,96 @@ def _advance(repo: Repository, s: Summary, head: bytes) -> Summary:
     return s
 
 
+# The cache also records the mtime of refs/experiments/ it was computed at. Every ref change
+# (RefStore: lock file created, then renamed over the ref; delete: unlink) changes that
+# directory's mtime, so while it is unchanged the cached heads are the refs and listing reads
+# none of the (thousands of) ref files. As with Git's racy-clean index, the recorded mtime is
+# trusted only when the cache file is RACY_NS younger than it, and it is recorded only when the
+# refs were read within SAVE_WINDOW_S of the stat: so the refs were read at least
+# RACY_NS - SAVE_WINDOW_S after their last change, later than any coarse timestamp tick.
+RACY_NS = 3_000_000_000
+SAVE_WINDOW_S = 0.5
+
+
 class SummaryCache:
     """The on-disk cache of summaries (best-effort; rebuilt when unreadable)."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.path = repo.root / "cache" / "summaries.msgpack"
+        self.refs_mtime: int | None = None  # as recorded in the file
+        self.trusted = False  # the recorded refs mtime is old enough to rely on
 
     def load(self) -> dict[bytes, Summary]:
         try:
-            raw = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False)
+            with open(self.path, "rb") as f:
+                mtime = os.fstat(f.fileno()).st_mtime_ns
+                raw = msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
             if raw[0] != CACHE_VERSION:
                 return {}
-            return {bytes(k): Summary.from_list(v) for k, v in raw[1].items()}
+            items = {bytes(k): Summary.from_list(v) for k, v in raw[1].items()}
         except Exception:
             return {}
+        refs_mtime = raw[2]
+        if isinstance(refs_mtime, int):
+            self.refs_mtime = refs_mtime
+            self.trusted = mtime - refs_mtime >= RACY_NS
+        return items
 
-    def save(self, items: dict[bytes, Summary]) -> None:
+    def save(self, items: dict[bytes, Summary], refs_mtime: int | None = None) -> None:
         data = msgpack.packb(
-            [CACHE_VERSION, {k: v.to_list() for k, v in items.items()}], use_bin_type=True
+            [CACHE_VERSION, {k: v.to_list() for k, v in items.items()}, refs_mtime],
+            use_bin_type=True,
         )
         try:
             write_atomic(self.path, data, durable=False)
         except OSError:
             pass
 
+    def touch(self) -> None:
+        """Mark the cache as checked against the refs now (its mtime is the check time)."""
+        try:
+            os.utime(self.path)
+        except OSError:
+            pass
+
+
+def _refs_mtime(repo: Repository) -> int | None:
+    try:
+        return os.stat(repo.refs.refs_dir / "experiments").st_mtime_ns
+    except OSError:
+        return None
+
 
 def summaries(repo: Repository) -> list[Summary]:
     """A summary of every experiment, oldest first (running status filled in)."""
     cache = SummaryCache(repo)
     cached = cache.load()
-    heads = {bytes.fromhex(n.split("/", 1)[1]): h for n, h in repo.refs.list("experiments").items()}
-    out: dict[bytes, Summary] = {}
-    dirty = len(cached) != len(heads)
-    for eid, head in heads.items():
-        s = cached.get(eid)
-        if s is not None and s.head == head:
-            out[eid] = s
-            continue
-        dirty = True
-        if s is None:
-            s = _fresh_summary(eid, read_experiment_object(repo, eid))
-        out[eid] = _advance(repo, s, head)
-    if dirty:
-        cache.save(out)
+    t_stat = time.monotonic()
+    refs_mtime = _refs_mtime(repo)
+    if refs_mtime is not None and cache.trusted and cache.refs_mtime == refs_mtime:
+        out = cached  # no ref changed since the cache was written
+    else:
+        heads = {
+            bytes.fromhex(n.split("/", 1)[1]): h for n, h in repo.refs.list("experiments").items()
+        }
+        out = {}
+        dirty = len(cached) != len(heads)
+        for eid, head in heads.items():
+            s = cached.get(eid)
+            if s is not None and s.head == head:
+                out[eid] = s
+                continue
+            dirty = True
+            if s is None:
+                s = _fresh_summary(eid, read_experiment_object(repo, eid))
+            out[eid] = _advance(repo, s, head)
+        quick = time.monotonic() - t_stat < SAVE_WINDOW_S
+        record = refs_mtime if quick else None
+        if dirty or record != cache.refs_mtime:
+            cache.save(out, record)
+        elif record is not None:
+            cache.touch()
     now = time.time_ns()
     hb = repo.heartbeats_dir
     running = set()
@@ -187,8 +233,9 @@ def summaries(repo: Repository) -> list[Summary]:
                 running.add(n)
     except FileNotFoundError:
         pass
-    for s in out.values():
-        s.running = s.id.hex() in running and _fresh(hb / s.id.hex(), now)
+    if running:
+        for s in out.values():
+            s.running = s.id.hex() in running and _fresh(hb / s.id.hex(), now)
     return sorted(out.values(), key=lambda s: (s.created_ns, s.id))
 
 
@@ -253,6 +300,8 @@ def parse_filter(text: str) -> Filter:
     name, op, raw = m.group(1).strip(), m.group(2), m.group(3)
     if raw == "":
         raise FilterError(f"malformed filter {text!r}: missing value; {_FILTER_HELP}")
+    if raw[:1] in "=<>":  # "a == 1", "a => 1": a mistyped operator, not a value "= 1"
+        raise FilterError(f"malformed filter {text!r}: unknown operator; {_FILTER_HELP}")
     value: Any = parse_value(raw)
     if name in ("created", "started"):
         value = _parse_time(raw)
@@ -368,3 +417,8 @@ def sort(items: list[Summary], key: str) -> list[Summary]:
 
     have.sort(key=functools.cmp_to_key(cmp), reverse=desc)
     return [s for _, s in have] + missing
+
+
+def summarize(repo: Repository, eid: bytes, head: bytes) -> Summary:
+    """A fresh summary of one experiment at ``head`` (reads its whole chain)."""
+    return _advance(repo, _fresh_summary(eid, read_experiment_object(repo, eid)), head)

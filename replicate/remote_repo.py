@@ -1,0 +1,370 @@
+"""A repository on a remote (S3, GCS, a shared directory, any fsspec URL).
+
+Layout (every key is written once, except heartbeats)::
+
+    config                                        JSON, created once (create-only)
+    packs/<2 hex>/<pack id>.pack                  immutable packs (same bytes as local packs)
+    index/<hex>.idx                               immutable index segments (local format)
+    refs/experiments/<eid>/<inv seq>-<head id>    ref log: one create-only key per update;
+                                                  the newest sorts first; head "000..0" = deleted
+    refs/removed/<checkpoint id>                  tombstones (create-only)
+    catalog/log/<time>-<rand>.rec                 experiment summaries added by a push
+    catalog/snap/<time>-<rand>.snap               compacted summaries (any client compacts)
+    heartbeats/<eid>                              a running experiment's last beat
+
+Ref updates are compare-and-swap built from create-only writes: the writer of sequence n+1
+wins; a loser sees RemoteExists and retries or reports a conflict. No locks on the write path.
+
+Reading: the index segments are mirrored into a local cache directory; structured objects read
+from the remote are cached there too (they never change), chunks are fetched with range reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from replicate.errors import (
+    CorruptObjectError,
+    IncompatibleRepository,
+    RefConflict,
+    RemoteExists,
+    RemoteNotFound,
+    RepositoryNotFound,
+)
+from replicate.fsutil import write_atomic
+from replicate.objects import codec
+from replicate.objects.ids import hash_chunk, hash_object
+from replicate.objects.index import Location
+from replicate.objects.store import ObjectStore
+from replicate.remotes import Remote, open_remote
+
+MAX_SEQ = (1 << 63) - 1
+DELETED = "0" * 64
+REFS = "refs/experiments/"
+REMOVED = "refs/removed/"
+
+
+def user_cache_root() -> Path:
+    """$XDG_CACHE_HOME/replicate (default ~/.cache/replicate)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "replicate"
+
+
+def cache_key(url: str) -> str:
+    """A directory name for a remote URL."""
+    return hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:20]
+
+
+def pack_key(pack_id: bytes) -> str:
+    """Remote key of a pack."""
+    h = pack_id.hex()
+    return f"packs/{h[:2]}/{h}.pack"
+
+
+def ref_key(eid: bytes, seq: int, new: bytes | None) -> str:
+    """Remote key of ref log entry ``seq`` (newest sorts first)."""
+    return f"{REFS}{eid.hex()}/{MAX_SEQ - seq:019d}-{new.hex() if new else DELETED}"
+
+
+def parse_ref_key(key: str) -> tuple[bytes, int, bytes | None] | None:
+    """(experiment id, seq, head or None when deleted) of a ref log key."""
+    parts = key[len(REFS):].split("/") if key.startswith(REFS) else []
+    if len(parts) != 2 or len(parts[0]) != 64:
+        return None
+    inv, _, new = parts[1].partition("-")
+    if not inv.isdigit() or len(new) != 64:
+        return None
+    try:
+        eid = bytes.fromhex(parts[0])
+        head = None if new == DELETED else bytes.fromhex(new)
+    except ValueError:
+        return None
+    return eid, MAX_SEQ - int(inv), head
+
+
+class RemoteRefs:
+    """Refs of a remote repository, with a RefStore-like read API."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self._heads: dict[bytes, tuple[int, bytes | None]] | None = None
+
+    def heads(self, refresh: bool = False) -> dict[bytes, tuple[int, bytes | None]]:
+        """Every experiment's (seq, head); head None when deleted. One listing."""
+        if self._heads is None or refresh:
+            out: dict[bytes, tuple[int, bytes | None]] = {}
+            for k in self.remote.list(REFS):
+                p = parse_ref_key(k.key)
+                if p is None:
+                    continue
+                eid, seq, head = p
+                if eid not in out or seq > out[eid][0]:
+                    out[eid] = (seq, head)
+            self._heads = out
+        return self._heads
+
+    def head(self, eid: bytes) -> tuple[int, bytes | None] | None:
+        """(seq, head) of one experiment, read now."""
+        best: tuple[int, bytes | None] | None = None
+        for k in self.remote.list(f"{REFS}{eid.hex()}"):
+            p = parse_ref_key(k.key)
+            if p is not None and (best is None or p[1] > best[0]):
+                best = (p[1], p[2])
+        return best
+
+    def advance(self, eid: bytes, seq: int, new: bytes | None, record: dict[str, Any]) -> int:
+        """Create log entry ``seq`` + 1 pointing at ``new``. RefConflict if another writer
+        created it first. Returns the new seq."""
+        body = json.dumps(record, sort_keys=True).encode()
+        try:
+            self.remote.put(ref_key(eid, seq + 1, new), body, create_only=True)
+        except RemoteExists:
+            raise RefConflict(f"experiment {eid.hex()[:7]} was updated by another writer") from None
+        if self._heads is not None:
+            self._heads[eid] = (seq + 1, new)
+        return seq + 1
+
+    def tombstones(self) -> set[bytes]:
+        """Checkpoints whose files were removed."""
+        out = set()
+        for k in self.remote.list(REMOVED):
+            name = k.key[len(REMOVED):]
+            if len(name) == 64:
+                try:
+                    out.add(bytes.fromhex(name))
+                except ValueError:
+                    continue
+        return out
+
+    def add_tombstone(self, cid: bytes) -> None:
+        """Record that a checkpoint's files were removed."""
+        try:
+            self.remote.put(f"{REMOVED}{cid.hex()}", cid.hex().encode(), create_only=True)
+        except RemoteExists:
+            pass
+
+    # RefStore-compatible reading (history.py and query.py use these)
+    def read(self, name: str) -> bytes | None:
+        kind, _, h = name.partition("/")
+        if kind == "experiments":
+            v = self.heads().get(bytes.fromhex(h))
+            return None if v is None else v[1]
+        if kind == "removed":
+            cid = bytes.fromhex(h)
+            return cid if cid in self.tombstones() else None
+        return None
+
+    def list(self, kind: str = "experiments") -> dict[str, bytes]:
+        if kind == "experiments":
+            return {f"experiments/{e.hex()}": h for e, (_s, h) in self.heads().items() if h}
+        if kind == "removed":
+            return {f"removed/{c.hex()}": c for c in self.tombstones()}
+        return {}
+
+
+class MetaCache:
+    """Structured objects read from a remote, kept locally (they never change)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection | None:
+        if self._db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS obj (id BLOB PRIMARY KEY, raw BLOB)")
+                self._db = db
+            except sqlite3.Error:
+                return None
+        return self._db
+
+    def get(self, oid: bytes) -> bytes | None:
+        with self._lock:
+            db = self._conn()
+            if db is None:
+                return None
+            try:
+                row = db.execute("SELECT raw FROM obj WHERE id = ?", (oid,)).fetchone()
+            except sqlite3.Error:
+                return None
+        return None if row is None else bytes(row[0])
+
+    def put(self, oid: bytes, raw: bytes) -> None:
+        with self._lock:
+            db = self._conn()
+            if db is None:
+                return
+            try:
+                with db:
+                    db.execute("INSERT OR IGNORE INTO obj VALUES (?, ?)", (oid, raw))
+            except sqlite3.Error:
+                pass
+
+
+class RemoteObjectStore(ObjectStore):
+    """Read access to a remote's objects: the remote index mirrored into ``cache_dir/index``,
+    structured objects cached, chunks fetched with range reads (verified like local reads)."""
+
+    def __init__(self, remote: Remote, cache_dir: Path) -> None:
+        self.remote = remote
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self.meta = MetaCache(cache_dir / "objects.db")
+        super().__init__(cache_dir)
+        self._synced = False
+
+    def pack_path(self, pack_id: bytes) -> Path:  # used only in messages here
+        return Path(pack_key(pack_id))
+
+    def refresh(self) -> None:
+        """Mirror the remote's index segments (fetching only new ones)."""
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        remote_names = {
+            k.key[len("index/"):-4]
+            for k in self.remote.list("index/")
+            if k.key.endswith(".idx")
+        }
+        local = {n[:-4] for n in os.listdir(self.index_dir) if n.endswith(".idx")}
+        for n in sorted(remote_names - local):
+            try:
+                data = self.remote.get(f"index/{n}.idx")
+            except RemoteNotFound:
+                continue  # compacted away meanwhile; its successor is listed too
+            write_atomic(self.index_dir / f"{n}.idx", data, durable=False)
+        gone = local - remote_names
+        for n in gone:
+            (self.index_dir / f"{n}.idx").unlink(missing_ok=True)
+        if gone:
+            from replicate.objects.index import Index
+
+            self.index = Index(self.index_dir)
+        self.index.refresh()
+        self._synced = True
+
+    def _ensure(self) -> None:
+        if not self._synced:
+            self.refresh()
+
+    def has(self, oid: bytes) -> bool:
+        self._ensure()
+        return self.index.contains(oid)
+
+    def locate(self, oid: bytes) -> Location:
+        self._ensure()
+        return super().locate(oid)
+
+    def list_packs(self) -> list[bytes]:
+        out = []
+        for k in self.remote.list("packs/"):
+            name = k.key.rsplit("/", 1)[-1]
+            if name.endswith(".pack") and len(name) == 69:
+                try:
+                    out.append(bytes.fromhex(name[:64]))
+                except ValueError:
+                    continue
+        return out
+
+    def read_stored(self, loc: Location) -> bytes:
+        return self.remote.get_range(pack_key(loc.pack), loc.offset, loc.offset + loc.stored_len)
+
+    def read_raw(self, oid: bytes, loc: Location | None = None) -> bytes:
+        cached = self.meta.get(oid)
+        if cached is not None and hash_object(cached) == oid:
+            return cached
+        loc = loc or self.locate(oid)
+        raw = super().read_raw(oid, loc)
+        if loc.type != codec.CHUNK:
+            self.meta.put(oid, raw)
+        return raw
+
+    def read_object(self, oid: bytes) -> codec.StructuredObject:
+        cached = self.meta.get(oid)
+        if cached is not None and hash_object(cached) == oid:
+            return codec.decode(cached, oid.hex(), "remote cache")
+        return super().read_object(oid)
+
+    def type_of(self, oid: bytes) -> int | None:
+        self._ensure()
+        return super().type_of(oid)
+
+    def transaction(self) -> Any:
+        raise IncompatibleRepository("a remote repository is read-only here; use push")
+
+    def verify_chunk(self, oid: bytes, raw: bytes) -> None:
+        """Raise unless ``raw`` hashes to ``oid``."""
+        if hash_chunk(raw) != oid:
+            raise CorruptObjectError("hash mismatch", oid.hex(), self.remote.url)
+
+
+class RemoteRepository:
+    """A remote repository, read through local caches. Quacks like Repository for reading
+    (``objects``, ``refs``, ``experiment_ref``, ``root``)."""
+
+    def __init__(self, url: str, remote: Remote | None = None, cache_dir: Path | None = None,
+                 base: Path | None = None) -> None:
+        self.remote = remote if remote is not None else open_remote(url, base)
+        self.url = self.remote.url
+        self.root = cache_dir if cache_dir is not None else user_cache_root() / cache_key(self.url)
+        self.objects = RemoteObjectStore(self.remote, self.root)
+        self.refs = RemoteRefs(self.remote)
+        self.heartbeats_dir = self.root / "heartbeats"  # unused for remotes (see catalog)
+        self._config: dict[str, Any] | None = None
+
+    def experiment_ref(self, experiment_id: bytes) -> str:
+        return f"experiments/{experiment_id.hex()}"
+
+    def config(self) -> dict[str, Any]:
+        """The remote's config; RepositoryNotFound if nothing was pushed there yet."""
+        if self._config is None:
+            try:
+                raw = self.remote.get("config")
+            except RemoteNotFound:
+                raise RepositoryNotFound(
+                    f"no replicate repository at {self.url}; push to it first "
+                    "(replicate push URL)"
+                ) from None
+            try:
+                cfg = json.loads(raw)
+            except ValueError:
+                raise IncompatibleRepository(f"{self.url}/config is not valid JSON") from None
+            check_config(cfg, self.url)
+            self._config = cfg
+        return self._config
+
+    def ensure_config(self, cfg: dict[str, Any]) -> None:
+        """Create the remote's config (once; racing writers agree)."""
+        data = json.dumps(cfg, indent=1, sort_keys=True).encode() + b"\n"
+        try:
+            self.remote.put("config", data, create_only=True)
+            self._config = cfg
+        except RemoteExists:
+            self.config()
+
+    def close(self) -> None:
+        self.objects.close()
+
+
+def check_config(cfg: Any, where: str) -> None:
+    """Refuse configs of another format or a newer version."""
+    from replicate.objects import chunker
+    from replicate.repository import FORMAT, FORMAT_VERSION
+
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise IncompatibleRepository(f"{where} is not a replicate repository")
+    v = cfg.get("version")
+    if not isinstance(v, int) or v > FORMAT_VERSION:
+        raise IncompatibleRepository(
+            f"{where} has format version {v}, newer than this replicate understands; "
+            "upgrade: pip install -U replicate"
+        )
+    if cfg.get("chunker") != chunker.PARAMS:
+        raise IncompatibleRepository(f"{where} uses different chunker parameters")
