@@ -289,6 +289,7 @@ class Experiment:
                 self.wait(raise_errors=False)
                 rec = self._project._save_checkpoint_now(self._eid, rel, step, m, pm)
                 cp = Checkpoint(self, rec)
+                self._request_push()
             else:
                 job, obj = self._project._save_checkpoint_later(self._eid, rel, step, m, pm)
                 cp = Checkpoint(self, job=job, obj=obj)
@@ -308,6 +309,8 @@ class Experiment:
                 if cp in self.checkpoints:
                     self.checkpoints.remove(cp)
                 _warn_failed(self, cp.step, job.error, stacklevel=1)
+            else:
+                self._request_push()
 
         return done
 
@@ -324,20 +327,45 @@ class Experiment:
                     if raise_errors:
                         raise
 
+    def _request_push(self) -> None:
+        try:
+            pusher = self._project.pusher()
+            if pusher is not None:
+                pusher.request(self._eid)
+        except Exception as e:  # never break training
+            warnings.warn(f"replicate: cannot schedule the upload: {e}", CheckpointWarning,
+                          stacklevel=2)
+
     def _start_heartbeat(self) -> None:
-        self._heartbeat = Heartbeat(heartbeat_path(self._project.repo().heartbeats_dir, self._eid))
+        self._heartbeat = Heartbeat(
+            heartbeat_path(self._project.local_repo().heartbeats_dir, self._eid)
+        )
         self._heartbeat.start()
 
     def stop(self) -> None:
         """Mark the experiment stopped now (done automatically at interpreter exit)."""
+        try:
+            pusher = self._project.pusher()
+            if pusher is not None:
+                pusher.stopped(self._eid)
+        except Exception:
+            pass
         if self._heartbeat is not None:
             self._heartbeat.stop()
         else:
-            mark_stopped(heartbeat_path(self._project.repo().heartbeats_dir, self._eid))
+            mark_stopped(heartbeat_path(self._project.local_repo().heartbeats_dir, self._eid))
 
     def is_running(self) -> bool:
         """True while the run's heartbeat is fresh (refreshed within 30 s)."""
-        return is_running(heartbeat_path(self._project.repo().heartbeats_dir, self._eid))
+        repo = self._project.repo()
+        if is_running(heartbeat_path(repo.heartbeats_dir, self._eid)):
+            return True
+        rrepo = getattr(repo, "remote_repo", None) or (repo if hasattr(repo, "remote") else None)
+        if rrepo is None:
+            return False
+        from replicate.catalog import running
+
+        return self._eid in running(rrepo)
 
     def refresh(self) -> None:
         """Reload checkpoints written since this object was read."""

@@ -42,29 +42,15 @@ def _human(n: float) -> str:
     return human(n)
 
 
-def _local_repo_path(repository: str, base: Path) -> Path:
-    """The directory of a local repository URL (a path or file://)."""
-    if repository.startswith("file://"):
-        rest = repository[len("file://"):]
-        p = Path(rest)
-        return p if p.is_absolute() else (base / p)
-    if "://" in repository:
-        raise ConfigError(
-            f"repository {repository!r}: remote repositories are not supported by this version "
-            "yet; use a local path or file:// URL"
-        )
-    p = Path(repository).expanduser()
-    return p if p.is_absolute() else (base / p)
-
-
 class Project:
     """A project directory and the repository that records its experiments.
 
     Args:
         directory: the project directory (default: the nearest parent holding replicate.yaml
             or .replicate/, else the working directory).
-        repository: a local path or file:// URL of a repository (default: replicate.yaml's
-            ``repository:`` if set, else ``<directory>/.replicate``).
+        repository: a repository to read instead of the project's: a URL (s3://, gs://,
+            file://, any fsspec URL) or a local path (default: ``<directory>/.replicate``,
+            merged with the remote named by replicate.yaml's ``repository:`` if any).
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None,
@@ -73,25 +59,64 @@ class Project:
             Path(directory).resolve() if directory is not None else find_project_dir()
         )
         self._repository_arg = repository
-        self._repo: Repository | None = None
+        self._local: Repository | None = None
+        self._read: Any = None
         self.experiments = ExperimentCollection(self)
         self.checkpoints = CheckpointCollection(self)
 
-    def repository_path(self) -> Path:
-        """Where the repository lives."""
+    def remote_url(self) -> str | None:
+        """The shared remote named by replicate.yaml (None without one, or with an explicit
+        ``repository`` argument)."""
         if self._repository_arg:
-            return _local_repo_path(self._repository_arg, Path.cwd())
-        cfg = load_project_config(self.directory)
-        if cfg.repository:
-            return _local_repo_path(cfg.repository, self.directory)
-        return self.directory / REPO_DIR
+            return None
+        return load_project_config(self.directory).repository
 
-    def repo(self, create: bool = False) -> Repository:
-        """The repository (opened once; created when ``create``)."""
-        if self._repo is None:
-            path = self.repository_path()
-            self._repo = Repository.init(path) if create else Repository.open(path)
-        return self._repo
+    def local_repo(self, create: bool = False) -> Repository:
+        """The local repository that records new experiments (created when ``create``)."""
+        if self._local is None:
+            if self._repository_arg:
+                from replicate.layered import open_repository
+
+                r = open_repository(self._repository_arg, Path.cwd())
+                if not isinstance(r, Repository):
+                    raise ConfigError(
+                        f"{self._repository_arg} is a remote repository: it can be read, but new "
+                        "experiments are recorded locally and pushed (set 'repository:' in "
+                        "replicate.yaml)"
+                    )
+                self._local = r
+            else:
+                path = self.directory / REPO_DIR
+                self._local = Repository.init(path) if create else Repository.open(path)
+        return self._local
+
+    def repo(self, create: bool = False) -> Any:
+        """The repository to read (see replicate.layered); with ``create``, the local one."""
+        if create:
+            return self.local_repo(create=True)
+        if self._read is None:
+            from replicate.layered import merged, open_repository
+            from replicate.remote_repo import RemoteRepository
+
+            if self._repository_arg:
+                self._read = open_repository(self._repository_arg, Path.cwd())
+            else:
+                url = self.remote_url()
+                try:
+                    local: Repository | None = self.local_repo()
+                except RepositoryNotFound:
+                    if url is None:
+                        raise
+                    local = None
+                if url is None:
+                    self._read = local
+                elif local is None:
+                    self._read = RemoteRepository(url, base=self.directory)
+                else:
+                    from replicate.sync import open_remote_repo
+
+                    self._read = merged(local, open_remote_repo(local, url, self.directory))
+        return self._read
 
     def relpath(self, path: str | os.PathLike[str]) -> str:
         """``path`` as a POSIX path relative to the project directory (ValueError if it does
@@ -125,7 +150,7 @@ class Project:
             raise ValueError(f"params must be a dict of name -> value, not {type(params).__name__}")
         rel = self.relpath(path) if path is not None else None
         meta = metadata.collect(str(self.directory))
-        repo = self.repo(create=True)
+        repo = self.local_repo(create=True)
         with repo.objects.transaction() as txn:
             code = snapshot(txn, self.directory, rel, repo.statcache)[0] if rel else None
             obj = codec.Experiment(
@@ -149,7 +174,22 @@ class Project:
         if not disable_heartbeat:
             exp._start_heartbeat()
             _RUNNING.add(exp)
+        pusher = self.pusher()
+        if pusher is not None:
+            if disable_heartbeat:
+                pusher.request(eid)
+            else:
+                pusher.started(eid)
         return exp
+
+    def pusher(self) -> Any:
+        """The background pusher when replicate.yaml names a shared repository, else None."""
+        url = self.remote_url()
+        if url is None:
+            return None
+        from replicate.autopush import pusher_for
+
+        return pusher_for(self.local_repo(), url, self.directory)
 
     def _save_checkpoint_now(self, eid: bytes, rel: str | None, step: int,
                              metrics: dict[str, Any],
@@ -157,7 +197,7 @@ class Project:
         """Capture, process and commit in the caller's thread (reading files as it goes)."""
         from replicate.build import capture
 
-        repo = self.repo()
+        repo = self.local_repo()
         created = time.time_ns()
         cap = capture(self.directory, rel, repo.statcache, repo.objects.has) if rel else None
         try:
@@ -174,7 +214,7 @@ class Project:
         from replicate.build import MEMORY, capture
         from replicate.saver import Job, get_saver
 
-        repo = self.repo()
+        repo = self.local_repo()
         saver = get_saver()
         created = time.time_ns()
         reserved = {"memory": 0, "staged": 0}
@@ -220,7 +260,7 @@ class Project:
         """Store a capture and move the experiment's ref to a new checkpoint (ref last)."""
         from replicate.build import build
 
-        repo = self.repo()
+        repo = self.local_repo()
         ref = repo.experiment_ref(eid)
         files = None
         if cap is not None:
@@ -250,7 +290,7 @@ class Project:
         raise RefConflict(f"experiment {eid.hex()[:7]} keeps moving; checkpoint not recorded")
 
     def _delete_experiment(self, eid: bytes) -> None:
-        repo = self.repo()
+        repo = self.local_repo()
         repo.refs.delete(repo.experiment_ref(eid), message="rm")
         (repo.heartbeats_dir / eid.hex()).unlink(missing_ok=True)
 

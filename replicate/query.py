@@ -189,14 +189,35 @@ class SummaryCache:
 
 
 def _refs_mtime(repo: Repository) -> int | None:
+    """mtime of a local repository's refs/experiments/ (None: unknown, read the refs)."""
+    refs_dir = getattr(repo.refs, "refs_dir", None)
+    if refs_dir is None:
+        return None
     try:
-        return os.stat(repo.refs.refs_dir / "experiments").st_mtime_ns
+        return os.stat(refs_dir / "experiments").st_mtime_ns
     except OSError:
         return None
 
 
 def summaries(repo: Repository) -> list[Summary]:
-    """A summary of every experiment, oldest first (running status filled in)."""
+    """A summary of every experiment, oldest first (running status filled in).
+
+    A remote repository answers from its catalog; a project merged with its shared remote
+    lists local experiments plus the remote's others."""
+    remote_only = getattr(repo, "remote", None) is not None
+    merged_remote = getattr(repo, "remote_repo", None)
+    if remote_only or merged_remote is not None:
+        from replicate import catalog
+
+        if remote_only:
+            return catalog.summaries(repo)  # type: ignore[arg-type]
+        local = summaries(repo.local)  # type: ignore[attr-defined]
+        seen = {s.id for s in local}
+        try:
+            others = [s for s in catalog.summaries(merged_remote) if s.id not in seen]
+        except ReplicateError:
+            others = []
+        return sorted(local + others, key=lambda s: (s.created_ns, s.id))
     cache = SummaryCache(repo)
     cached = cache.load()
     t_stat = time.monotonic()

@@ -253,6 +253,7 @@ class Saver:
         self.thread: threading.Thread | None = None
         self.pending: list[Job] = []
         self.recent: dict[str, Any] = {}  # path -> latest CapturedFile (see build.capture)
+        self.after_drain: list[Callable[[], None]] = []  # run at exit after the drain
         self._exit_registered = False
 
     def submit(self, job: Job) -> None:
@@ -265,10 +266,14 @@ class Saver:
                     target=self._run, name="replicate-saver", daemon=True
                 )
                 self.thread.start()
-            if not self._exit_registered:
-                _register_exit(self.drain_at_exit)
-                self._exit_registered = True
+            self.register_exit()
             self.cv.notify_all()
+
+    def register_exit(self) -> None:
+        """Make sure the exit drain runs (idempotent)."""
+        if not self._exit_registered:
+            _register_exit(self.drain_at_exit)
+            self._exit_registered = True
 
     def _run(self) -> None:
         while True:
@@ -317,7 +322,18 @@ class Saver:
         return True
 
     def drain_at_exit(self) -> None:
-        """Commit everything in flight before the interpreter exits."""
+        """Commit everything in flight before the interpreter exits, then run the
+        ``after_drain`` hooks (background uploads)."""
+        try:
+            self._drain()
+        finally:
+            for fn in list(self.after_drain):
+                try:
+                    fn()
+                except Exception as e:  # pragma: no cover - defensive
+                    logger.warning("replicate: %s", e)
+
+    def _drain(self) -> None:
         if self.wait_all(EXIT_MESSAGE_AFTER):
             return
         n, nbytes = self.in_flight()
