@@ -27,6 +27,8 @@ COMMANDS = {
     "rm": ("replicate.cli.rm", "rm", "Delete experiments or checkpoints' files."),
     "du": ("replicate.cli.maint", "du", "Show how much space the repository uses."),
     "fsck": ("replicate.cli.maint", "fsck", "Verify the repository's integrity."),
+    "push": ("replicate.cli.sync", "push", "Upload experiments to a shared repository."),
+    "pull": ("replicate.cli.sync", "pull", "Download experiments from a shared repository."),
 }
 ALIASES = {"list": "ls", "processes": "ps", "delete": "rm"}
 
@@ -158,6 +160,12 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 click.echo(f"error: unexpected {type(e).__name__}: {e} (run with -v for details)",
                            err=True)
+            sys.exit(exit_code(e))
+        from replicate.errors import CorruptObjectError
+
+        if isinstance(e, CorruptObjectError):
+            click.echo(f"error: the repository is corrupt: {e}; run 'replicate fsck --read-data'",
+                       err=True)
             sys.exit(exit_code(e))
         click.echo(f"error: {e}", err=True)
         sys.exit(exit_code(e))
