@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from replicate.config import REPO_DIR, find_project_dir, load_project_config
 from replicate.errors import ConfigError, DoesNotExist, RefConflict, RepositoryNotFound
 from replicate.experiment import Checkpoint, Experiment
+from replicate.gc import writer_lock
 from replicate.history import (
     CheckpointRecord,
     ExperimentRecord,
@@ -151,7 +152,7 @@ class Project:
         rel = self.relpath(path) if path is not None else None
         meta = metadata.collect(str(self.directory))
         repo = self.local_repo(create=True)
-        with repo.objects.transaction() as txn:
+        with writer_lock(repo), repo.objects.transaction() as txn:
             code = snapshot(txn, self.directory, rel, repo.statcache)[0] if rel else None
             obj = codec.Experiment(
                 created_ns=time.time_ns(),
@@ -169,7 +170,8 @@ class Project:
                 replicate_version=__version__,
             )
             eid = txn.put_object(obj)
-        repo.refs.update(repo.experiment_ref(eid), eid, old=None, message="init")
+            txn.commit()
+            repo.refs.update(repo.experiment_ref(eid), eid, old=None, message="init")
         exp = Experiment(self, ExperimentRecord(eid, obj, eid, []))
         if not disable_heartbeat:
             exp._start_heartbeat()
@@ -258,9 +260,16 @@ class Project:
     def _commit(self, eid: bytes, cap: Capture | None, step: int, metrics: dict[str, Any],
                 pm: tuple[str, str] | None, created: int) -> CheckpointRecord:
         """Store a capture and move the experiment's ref to a new checkpoint (ref last)."""
-        from replicate.build import build
 
         repo = self.local_repo()
+        with writer_lock(repo):
+            return self._commit_locked(repo, eid, cap, step, metrics, pm, created)
+
+    def _commit_locked(self, repo: Repository, eid: bytes, cap: Capture | None, step: int,
+                       metrics: dict[str, Any], pm: tuple[str, str] | None,
+                       created: int) -> CheckpointRecord:
+        from replicate.build import build
+
         ref = repo.experiment_ref(eid)
         files = None
         if cap is not None:

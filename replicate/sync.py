@@ -31,6 +31,7 @@ import numpy as np
 
 from replicate.errors import CorruptObjectError, RefConflict
 from replicate.fsutil import write_atomic
+from replicate.gc import writer_lock
 from replicate.objects import codec, pack
 from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
 from replicate.objects.index import RECORD, Location, encode_segment, write_segment
@@ -402,6 +403,14 @@ def pull(
     missing = missing_objects(rrepo.objects, list(todo.values()),
                               repo.objects.index.contains_many, tombs)
     res.objects = len(missing)
+    with writer_lock(repo):
+        _pull_locked(repo, rrepo, missing, todo, tombs, res, say, connections)
+    return res
+
+
+def _pull_locked(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Location],
+                 todo: dict[bytes, bytes], tombs: set[bytes], res: TransferResult,
+                 say: Progress, connections: int | None) -> None:
     if missing:
         _download(repo, rrepo, missing, res, say, connections)
     for eid, head in todo.items():
@@ -423,7 +432,6 @@ def pull(
         name = f"removed/{cid.hex()}"
         if repo.refs.read(name) is None:
             repo.refs.update(name, cid, message=f"pull {rrepo.url}")
-    return res
 
 
 def _download(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Location],

@@ -27,6 +27,7 @@ COMMANDS = {
     "rm": ("replicate.cli.rm", "rm", "Delete experiments or checkpoints' files."),
     "du": ("replicate.cli.maint", "du", "Show how much space the repository uses."),
     "fsck": ("replicate.cli.maint", "fsck", "Verify the repository's integrity."),
+    "gc": ("replicate.cli.gc", "gc", "Reclaim space that nothing references any more."),
     "push": ("replicate.cli.sync", "push", "Upload experiments to a shared repository."),
     "pull": ("replicate.cli.sync", "pull", "Download experiments from a shared repository."),
 }
