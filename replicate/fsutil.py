@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -75,3 +79,32 @@ def create_exclusive(target: Path, data: bytes) -> bool:
         tmp.unlink(missing_ok=True)
     fsync_dir(target.parent)
     return True
+
+
+@contextmanager
+def flocked(path: Path, exclusive: bool = False, timeout: float | None = None) -> Iterator[bool]:
+    """Hold an advisory lock (flock) on ``path``: shared by default, exclusive on request.
+
+    Blocks until the lock is taken, or until ``timeout`` seconds pass; yields True when held
+    and False on timeout (the body then runs without the lock and must check)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        if timeout is None:
+            fcntl.flock(fd, mode)
+            held = True
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    held = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+        yield held
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -22,17 +22,18 @@ Remote repositories: see :mod:`replicate.remote_gc`.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from replicate.errors import CorruptObjectError, DoesNotExist, LockError
+from replicate.fsutil import flocked
 from replicate.objects import codec
 from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
 from replicate.objects.index import RECORD, Index, encode_segment, write_segment
@@ -160,58 +161,28 @@ def roots(repo: Repository, now_ns: int, reflog_expire_ns: int) -> list[bytes]:
 # --- locking ----------------------------------------------------------------------------------
 
 
-@contextmanager
-def writer_lock(repo: Repository) -> Iterator[None]:
+def writer_lock(repo: Repository) -> Any:
     """Held (shared) by writers while they add objects and move refs; gc takes it
     exclusively only for its short sweep."""
-    path = repo.root / "gc.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    return flocked(repo.root / "gc.lock")
 
 
 @contextmanager
 def _exclusive(repo: Repository, timeout: float) -> Iterator[None]:
-    path = repo.root / "gc.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LockError("gc could not lock the repository: writers kept it busy; "
-                                    "try again") from None
-                time.sleep(0.05)
+    with flocked(repo.root / "gc.lock", exclusive=True, timeout=timeout) as held:
+        if not held:
+            raise LockError("gc could not lock the repository: writers kept it busy; "
+                            "try again")
         yield
-    finally:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
 
 
 @contextmanager
 def _gc_running(repo: Repository) -> Iterator[None]:
     """One gc at a time."""
-    path = repo.root / "gc.run"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockError("another gc is running on this repository") from None
+    with flocked(repo.root / "gc.run", exclusive=True, timeout=0) as held:
+        if not held:
+            raise LockError("another gc is running on this repository")
         yield
-    finally:
-        os.close(fd)
 
 
 # --- sweeping ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from replicate.config import REPO_DIR, find_project_dir, load_project_config
 from replicate.errors import ConfigError, DoesNotExist, RefConflict, RepositoryNotFound
 from replicate.experiment import Checkpoint, Experiment
-from replicate.gc import writer_lock
+from replicate.fsutil import flocked
 from replicate.history import (
     CheckpointRecord,
     ExperimentRecord,
@@ -152,7 +152,7 @@ class Project:
         rel = self.relpath(path) if path is not None else None
         meta = metadata.collect(str(self.directory))
         repo = self.local_repo(create=True)
-        with writer_lock(repo), repo.objects.transaction() as txn:
+        with flocked(repo.root / "gc.lock"), repo.objects.transaction() as txn:
             code = snapshot(txn, self.directory, rel, repo.statcache)[0] if rel else None
             obj = codec.Experiment(
                 created_ns=time.time_ns(),
@@ -262,7 +262,7 @@ class Project:
         """Store a capture and move the experiment's ref to a new checkpoint (ref last)."""
 
         repo = self.local_repo()
-        with writer_lock(repo):
+        with flocked(repo.root / "gc.lock"):
             return self._commit_locked(repo, eid, cap, step, metrics, pm, created)
 
     def _commit_locked(self, repo: Repository, eid: bytes, cap: Capture | None, step: int,

@@ -30,8 +30,7 @@ import msgpack
 import numpy as np
 
 from replicate.errors import CorruptObjectError, RefConflict
-from replicate.fsutil import write_atomic
-from replicate.gc import writer_lock
+from replicate.fsutil import flocked, write_atomic
 from replicate.objects import codec, pack
 from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
 from replicate.objects.index import RECORD, Location, encode_segment, write_segment
@@ -403,7 +402,7 @@ def pull(
     missing = missing_objects(rrepo.objects, list(todo.values()),
                               repo.objects.index.contains_many, tombs)
     res.objects = len(missing)
-    with writer_lock(repo):
+    with flocked(repo.root / "gc.lock"):
         _pull_locked(repo, rrepo, missing, todo, tombs, res, say, connections)
     return res
 
