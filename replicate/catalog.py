@@ -82,6 +82,8 @@ def load(rrepo: RemoteRepository, compact: bool = True) -> dict[bytes, Summary]:
     """Every experiment's summary from the catalog (compacting when the tail is long)."""
     for _attempt in range(3):
         keys = [k.key for k in rrepo.remote.list("catalog/")]
+        if not keys and rrepo.cached_config() is None:
+            rrepo.config()  # a missing bucket or repository is an error, not an empty list
         snaps = sorted(k for k in keys if k.startswith(SNAP) and k.endswith(".snap"))
         logs = sorted(k for k in keys if k.startswith(LOG) and k.endswith(".rec"))
         items: dict[bytes, Summary] = {}

@@ -180,7 +180,7 @@ def _write_file(store: ObjectStore, p: Path, e: TreeEntry) -> int:
         with os.fdopen(fd, "wb", buffering=0) as f:
             for data in iter_content(store, file):
                 f.write(data)
-            os.fchmod(f.fileno(), e.mode & 0o7777)
+            os.fchmod(f.fileno(), e.mode & 0o777)  # never setuid/setgid/sticky
         if os.path.isdir(p) and not os.path.islink(p):
             import shutil
 

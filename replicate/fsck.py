@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from replicate.errors import CorruptObjectError, DoesNotExist
+from replicate.errors import CorruptObjectError, DoesNotExist, FsckError, RemoteNotFound
 from replicate.objects import codec, compress, pack
 from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
 from replicate.objects.ids import hash_chunk, hash_object
@@ -85,7 +86,13 @@ def fsck(
     read_data: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> FsckReport:
-    """Check ``repo``; never raises for problems it finds (they go in the report)."""
+    """Check ``repo``; never raises for problems it finds (they go in the report).
+
+    ``repo`` may also be a remote (``RemoteRepository``: see :func:`fsck_remote`); a project
+    merged with its shared remote is checked through its local repository."""
+    if _is_remote(repo):
+        return fsck_remote(repo, read_data=read_data, progress=progress)
+    repo = getattr(repo, "local", repo)  # a LayeredRepository: fsck acts on the local one
     rep = FsckReport()
     store = repo.objects
     store.refresh()
@@ -112,30 +119,7 @@ def fsck(
 
     # 2. index <-> packs
     say("checking index")
-    for name, err in sorted(store.index.corrupt.items()):
-        rep.errors.append(f"index segment {name}: {err}; run fsck --rebuild-index")
-    recs = store.index.all_records()
-    rep.objects = len(recs)
-    indexed_packs: set[bytes] = set()
-    for r in recs:
-        pid = store.index.packs[int(r["pack"])]
-        oid = bytes(r["id"]).ljust(32, b"\0")
-        indexed_packs.add(pid)
-        ent = footers.get(pid, {}).get(oid)
-        if pid not in footers:
-            if pid not in set(on_disk):
-                rep.errors.append(f"index names missing pack {pid.hex()} (object {oid.hex()})")
-            continue
-        if ent is None or (ent.offset, ent.stored_len, ent.raw_len, ent.codec, ent.type) != (
-            int(r["offset"]), int(r["stored"]), int(r["raw"]), int(r["codec"]), int(r["type"])
-        ):
-            rep.errors.append(
-                f"index entry for {oid.hex()} disagrees with pack {pid.hex()}; "
-                "run fsck --rebuild-index"
-            )
-    for pid in footers:
-        if pid not in indexed_packs:
-            rep.warnings.append(f"pack {pid.hex()} is not indexed (left by an interrupted write)")
+    _check_index(store, footers, set(on_disk), rep)
     tmp = list(store.tmp_dir.glob("*")) if store.tmp_dir.is_dir() else []
     if tmp:
         rep.warnings.append(f"{len(tmp)} temporary file(s) in {store.tmp_dir} (interrupted writes)")
@@ -151,6 +135,38 @@ def fsck(
     for lock in repo.refs.stale_locks():
         rep.warnings.append(f"lock file {lock} exists (a writer is running or crashed)")
     return rep
+
+
+def _check_index(store: ObjectStore, footers: dict[bytes, dict[bytes, pack.PackEntry]],
+                 on_disk: set[bytes], rep: FsckReport, rebuild_hint: bool = True) -> None:
+    """Every index record names an existing pack and agrees with its footer; every readable
+    pack is indexed (else a warning: garbage of an interrupted write)."""
+    hint = "; run fsck --rebuild-index" if rebuild_hint else ""
+    for name, err in sorted(store.index.corrupt.items()):
+        rep.errors.append(f"index segment {name}: {err}{hint}")
+    recs = store.index.all_records()
+    rep.objects = len(recs)
+    indexed_packs: set[bytes] = set()
+    missing_reported: set[bytes] = set()
+    for r in recs:
+        pid = store.index.packs[int(r["pack"])]
+        oid = bytes(r["id"]).ljust(32, b"\0")
+        indexed_packs.add(pid)
+        ent = footers.get(pid, {}).get(oid)
+        if pid not in footers:
+            if pid not in on_disk and pid not in missing_reported:
+                missing_reported.add(pid)
+                rep.errors.append(f"index names missing pack {pid.hex()} (object {oid.hex()})")
+            continue
+        if ent is None or (ent.offset, ent.stored_len, ent.raw_len, ent.codec, ent.type) != (
+            int(r["offset"]), int(r["stored"]), int(r["raw"]), int(r["codec"]), int(r["type"])
+        ):
+            rep.errors.append(
+                f"index entry for {oid.hex()} disagrees with pack {pid.hex()}{hint}"
+            )
+    for pid in footers:
+        if pid not in indexed_packs:
+            rep.warnings.append(f"pack {pid.hex()} is not indexed (left by an interrupted write)")
 
 
 def _walk_ref(
@@ -175,7 +191,7 @@ def _walk_ref(
             continue
         try:
             obj = store.read_object(oid)
-        except (CorruptObjectError, DoesNotExist) as e:
+        except (CorruptObjectError, DoesNotExist, RemoteNotFound) as e:
             rep.errors.append(f"{e} (reached from {via})")
             continue
         here = f"{codec.TYPE_NAMES[loc.type]} {oid.hex()[:12]}"
@@ -205,6 +221,10 @@ def _walk_ref(
 def rebuild_index(repo: Repository) -> tuple[int, int]:
     """Rebuild the index from pack footers alone: write one segment covering every readable
     pack that supersedes all current segments, then delete them. Returns (packs, objects)."""
+    if _is_remote(repo):
+        raise FsckError("--rebuild-index works on a local repository only (a remote's index is "
+                        "rewritten by gc -R)")
+    repo = getattr(repo, "local", repo)
     store = repo.objects
     store.refresh()
     old = store.index.segment_names()
@@ -229,3 +249,169 @@ def rebuild_index(repo: Repository) -> tuple[int, int]:
     repo.objects.index = type(store.index)(store.index_dir)
     repo.objects.index.refresh()
     return len(packs), len(rows)
+
+
+# --- remotes --------------------------------------------------------------------------------
+
+TAIL_READ = 64 * 1024  # one range read fetches the trailer and, usually, the whole footer
+
+
+def _is_remote(repo: Any) -> bool:
+    from replicate.remote_repo import RemoteRepository
+
+    return isinstance(repo, RemoteRepository)
+
+
+def _remote_pack_entries(remote: Any, key: str, size: int, pack_id: bytes,
+                         data: bytes | None = None) -> list[pack.PackEntry]:
+    """Verify a remote pack's trailer and footer with range reads (or from ``data``, the
+    whole pack) and return its entries."""
+    where = f"{remote.url}/{key}"
+    if size < len(pack.HEADER) + pack.TRAILER_LEN:
+        raise CorruptObjectError("pack too short", location=where)
+    if data is not None:
+        if len(data) != size:
+            raise CorruptObjectError("pack size differs from its listing", location=where)
+        if not data.startswith(pack.HEADER):
+            raise CorruptObjectError("bad pack header", location=where)
+        tail = data
+    else:
+        n = min(size, TAIL_READ)
+        tail = remote.get_range(key, size - n, size)
+    flen, fhash = pack.parse_trailer(tail[-pack.TRAILER_LEN:], where)
+    if flen > size - pack.TRAILER_LEN - len(pack.HEADER):
+        raise CorruptObjectError("bad footer length", location=where)
+    if flen + pack.TRAILER_LEN <= len(tail):
+        footer = tail[len(tail) - pack.TRAILER_LEN - flen : len(tail) - pack.TRAILER_LEN]
+    else:
+        footer = remote.get_range(key, size - pack.TRAILER_LEN - flen, size - pack.TRAILER_LEN)
+    if pack.pack_id_of_footer(footer) != pack_id:
+        raise CorruptObjectError("pack name differs from its footer hash", location=where)
+    return pack.decode_footer(footer, fhash, size, where)
+
+
+def _verify_entry_bytes(data: bytes, e: pack.PackEntry, where: str) -> None:
+    stored = data[e.offset : e.offset + e.stored_len]
+    try:
+        raw = compress.decompress(e.codec, stored, e.raw_len)
+    except ValueError as exc:
+        raise CorruptObjectError(f"cannot decompress ({exc})", e.id.hex(), where) from None
+    h = hash_chunk(raw) if e.type == codec.CHUNK else hash_object(raw)
+    if h != e.id:
+        raise CorruptObjectError("hash mismatch", e.id.hex(), where)
+
+
+def fsck_remote(
+    rrepo: Any,
+    read_data: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> FsckReport:
+    """Check a remote repository (``replicate fsck -R URL``): the same checks as locally,
+    through the remote's API.
+
+    - packs: one LIST of ``packs/``, then each pack's trailer and footer with one range read
+      (two for a footer over 64 KiB), in parallel; with ``read_data`` every pack is
+      downloaded and every entry re-hashed;
+    - index <-> packs: the index segments (mirrored into the cache) against the footers;
+    - refs: every experiment's ref log head, and everything it reaches (metadata read through
+      the cache, chunks only looked up in the index);
+    - the catalog (warnings only): every live experiment listed with its current head.
+
+    Never raises for problems it finds; remote errors (unreachable, credentials) do raise."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from replicate.remote_repo import REFS, pack_key, parse_ref_key
+
+    rep = FsckReport()
+    say = progress or (lambda _m: None)
+    remote = rrepo.remote
+    rrepo.config()  # a missing bucket or repository is an error, not an empty report
+
+    # 1. packs
+    say("checking packs")
+    sizes: dict[bytes, int] = {}
+    for k in remote.list("packs/"):
+        name = k.key.rsplit("/", 1)[-1]
+        if not (name.endswith(".pack") and len(name) == 69):
+            rep.warnings.append(f"unexpected key {k.key}")
+            continue
+        try:
+            pid = bytes.fromhex(name[:64])
+        except ValueError:
+            rep.warnings.append(f"unexpected key {k.key}")
+            continue
+        if k.key != pack_key(pid):
+            rep.warnings.append(f"pack {k.key} is not where its name says")
+        sizes[pid] = k.size
+    rep.packs = len(sizes)
+
+    def check_pack(pid: bytes) -> tuple[bytes, list[pack.PackEntry] | None, list[str]]:
+        key = pack_key(pid)
+        errors: list[str] = []
+        try:
+            data = remote.get(key) if read_data else None
+            entries = _remote_pack_entries(remote, key, sizes[pid], pid, data)
+        except CorruptObjectError as e:
+            return pid, None, [f"pack {pid.hex()}: {e}"]
+        except RemoteNotFound:
+            return pid, None, [f"pack {pid.hex()} vanished while checking it"]
+        if data is not None:
+            for e in entries:
+                try:
+                    _verify_entry_bytes(data, e, f"{remote.url}/{key}")
+                except CorruptObjectError as exc:
+                    errors.append(str(exc))
+        return pid, entries, errors
+
+    footers: dict[bytes, dict[bytes, pack.PackEntry]] = {}
+    workers = max(1, min(16, getattr(remote.properties, "connections", 8)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replicate-fsck") as ex:
+        for pid, entries, errors in ex.map(check_pack, sorted(sizes)):
+            rep.errors.extend(errors)
+            if entries is not None:
+                footers[pid] = {e.id: e for e in entries}
+
+    # 2. index <-> packs
+    say("checking index")
+    store = rrepo.objects
+    store.refresh()
+    _check_index(store, footers, set(sizes), rep, rebuild_hint=False)
+
+    # 3. refs and connectivity
+    say("checking connectivity")
+    heads: dict[bytes, tuple[int, bytes | None]] = {}
+    for k in remote.list(REFS):
+        parsed = parse_ref_key(k.key)
+        if parsed is None:
+            rep.warnings.append(f"unexpected key {k.key}")
+            continue
+        eid, seq, head = parsed
+        if eid not in heads or seq > heads[eid][0]:
+            heads[eid] = (seq, head)
+    tombstones = rrepo.refs.tombstones()
+    seen: set[bytes] = set()
+    live: dict[bytes, bytes] = {}
+    for eid, (_seq, head) in sorted(heads.items()):
+        if head is None:
+            continue  # deleted
+        rep.refs += 1
+        live[eid] = head
+        _walk_ref(store, f"experiments/{eid.hex()}", head, seen, tombstones, rep)
+    rep.reachable = len(seen)
+
+    # 4. the catalog (what ls -R shows)
+    say("checking catalog")
+    from replicate import catalog
+
+    items = catalog.load(rrepo, compact=False)
+    for eid, head in sorted(live.items()):
+        s = items.get(eid)
+        if s is None:
+            rep.warnings.append(f"experiment {eid.hex()[:12]} is not in the catalog (ls -R "
+                                "does not list it); push it again to add it")
+        elif s.head != head:
+            rep.warnings.append(f"the catalog shows an older state of experiment "
+                                f"{eid.hex()[:12]}; push it again to update it")
+    for eid in sorted(set(items) - set(live)):
+        rep.warnings.append(f"the catalog lists experiment {eid.hex()[:12]}, which has no ref")
+    return rep

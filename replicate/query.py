@@ -28,7 +28,7 @@ from replicate.history import experiment_ids, read_checkpoint_object, read_exper
 from replicate.objects import codec
 from replicate.repository import Repository
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 class FilterError(ReplicateError, ValueError):
@@ -81,15 +81,18 @@ class Summary:
         return [self.id, self.head, self.created_ns, self.user, self.host, self.command,
                 self.path, self.params, self.num_checkpoints,
                 list(self.primary_metric) if self.primary_metric else None,
-                self.best.to_list() if self.best else None,
+                # True: the best checkpoint is the latest (stored once, shared when loaded)
+                True if self.best is not None and self.latest is not None
+                and self.best.id == self.latest.id
+                else self.best.to_list() if self.best else None,
                 self.latest.to_list() if self.latest else None]
 
     @classmethod
     def from_list(cls, v: list[Any]) -> Summary:
+        latest = CheckpointSummary.from_list(v[11]) if v[11] else None
+        best = latest if v[10] is True else CheckpointSummary.from_list(v[10]) if v[10] else None
         return cls(bytes(v[0]), bytes(v[1]), v[2], v[3], v[4], v[5], v[6], v[7], v[8],
-                   tuple(v[9]) if v[9] else None,
-                   CheckpointSummary.from_list(v[10]) if v[10] else None,
-                   CheckpointSummary.from_list(v[11]) if v[11] else None)
+                   tuple(v[9]) if v[9] else None, best, latest)
 
     def add(self, cid: bytes, c: codec.Checkpoint) -> None:
         """Fold in the next checkpoint (oldest first)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -305,12 +306,29 @@ class RemoteObjectStore(ObjectStore):
             raise CorruptObjectError("hash mismatch", oid.hex(), self.remote.url)
 
 
+def _no_bucket(e: RemoteNotFound) -> bool:
+    """True when the error says the bucket itself is missing (replicate.remotes' wording)."""
+    return "does not exist" in str(e)
+
+
+def quiet_backend_loggers() -> None:
+    """gcsfs logs a full traceback (logger.exception) for every request that runs out of
+    retries; with no logging configured Python prints those to stderr, burying the one-line
+    error replicate reports. A NullHandler stops that fallback output; records still
+    propagate to any handler the application configures."""
+    for name in ("gcsfs", "gcsfs.retry", "s3fs", "fsspec"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in lg.handlers):
+            lg.addHandler(logging.NullHandler())
+
+
 class RemoteRepository:
     """A remote repository, read through local caches. Quacks like Repository for reading
     (``objects``, ``refs``, ``experiment_ref``, ``root``)."""
 
     def __init__(self, url: str, remote: Remote | None = None, cache_dir: Path | None = None,
                  base: Path | None = None) -> None:
+        quiet_backend_loggers()
         self.remote = remote if remote is not None else open_remote(url, base)
         self.url = self.remote.url
         self.root = cache_dir if cache_dir is not None else user_cache_root() / cache_key(self.url)
@@ -322,12 +340,28 @@ class RemoteRepository:
     def experiment_ref(self, experiment_id: bytes) -> str:
         return f"experiments/{experiment_id.hex()}"
 
+    def _config_cache(self) -> Path:
+        return self.root / "remote-config.json"
+
+    def cached_config(self) -> dict[str, Any] | None:
+        """The remote's config as read before (it is created once and never changes)."""
+        if self._config is None:
+            try:
+                cfg = json.loads(self._config_cache().read_bytes())
+                check_config(cfg, self.url)
+            except (OSError, ValueError, IncompatibleRepository):
+                return None
+            self._config = cfg
+        return self._config
+
     def config(self) -> dict[str, Any]:
         """The remote's config; RepositoryNotFound if nothing was pushed there yet."""
         if self._config is None:
             try:
                 raw = self.remote.get("config")
-            except RemoteNotFound:
+            except RemoteNotFound as e:
+                if _no_bucket(e):
+                    raise
                 raise RepositoryNotFound(
                     f"no replicate repository at {self.url}; push to it first "
                     "(replicate push URL)"
@@ -338,16 +372,29 @@ class RemoteRepository:
                 raise IncompatibleRepository(f"{self.url}/config is not valid JSON") from None
             check_config(cfg, self.url)
             self._config = cfg
+            self._remember_config(raw)
         return self._config
+
+    def _remember_config(self, raw: bytes) -> None:
+        try:
+            write_atomic(self._config_cache(), raw, durable=False)
+        except OSError:
+            pass
 
     def ensure_config(self, cfg: dict[str, Any]) -> None:
         """Create the remote's config (once; racing writers agree)."""
         data = json.dumps(cfg, indent=1, sort_keys=True).encode() + b"\n"
         try:
             self.remote.put("config", data, create_only=True)
-            self._config = cfg
         except RemoteExists:
             self.config()
+            return
+        except RemoteNotFound as e:
+            if _no_bucket(e):
+                raise
+            raise RemoteNotFound(f"{self.url}: the bucket does not exist; create it first") from None
+        self._config = cfg
+        self._remember_config(data)
 
     def close(self) -> None:
         self.objects.close()

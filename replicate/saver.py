@@ -294,16 +294,16 @@ class Saver:
                 if job.capture is not None:
                     job.capture.release()
                 self.budget.release(job.memory, job.staged)
+                job.done.set()
+                if job.on_done is not None:  # before the job leaves `pending`: a drain that
+                    try:  # sees nothing pending must also see what on_done queued (uploads)
+                        job.on_done(job)
+                    except Exception:
+                        pass
                 with self.cv:
                     if job in self.pending:
                         self.pending.remove(job)
                     self.cv.notify_all()
-                job.done.set()
-                if job.on_done is not None:
-                    try:
-                        job.on_done(job)
-                    except Exception:
-                        pass
 
     def in_flight(self) -> tuple[int, int]:
         """(number of jobs, bytes) not yet committed."""

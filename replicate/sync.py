@@ -237,6 +237,21 @@ def push(
             res.resumed_packs = len(done)
         journal.clear()
 
+    from replicate.remote_gc import PushSession
+
+    with PushSession(rrepo):
+        _push_in_session(repo, rrepo, experiments, res, journal, say, connections)
+    return res
+
+
+def _push_in_session(repo: Repository, rrepo: RemoteRepository, experiments: list[bytes] | None,
+                     res: TransferResult, journal: _Journal, say: Progress,
+                     connections: int | None) -> None:
+    from replicate.remote_gc import condemned_ids, condemned_sets, not_condemned
+
+    sets = condemned_sets(rrepo)
+    seen_sets = {s.name for s in sets}
+    have = not_condemned(rrepo.objects.index.contains_many, condemned_ids(sets))
     rrepo.objects.refresh()
     repo.objects.refresh()
     local = {bytes.fromhex(n.split("/", 1)[1]): h for n, h in repo.refs.list("experiments").items()}
@@ -247,16 +262,32 @@ def push(
     tomb_local = set(repo.refs.list("removed").values())
     tomb_remote = rrepo.refs.tombstones() if tomb_local else set()
 
-    # 2. what the remote lacks
-    missing = missing_objects(repo.objects, list(todo.values()), rrepo.objects.index.contains_many,
-                              tomb_local)
+    # 2. what the remote lacks (a condemned object counts as lacking: it is uploaded again)
+    missing = missing_objects(repo.objects, list(todo.values()), have, tomb_local)
     res.objects = len(missing)
 
-    # 3. upload
-    if missing:
+    # 3. upload; then, at the commit point, make sure no gc condemned what we rely on
+    while missing:
         _upload(repo, rrepo, missing, journal, res, say, connections)
         _write_remote_segment(rrepo, journal.items)
         journal.clear()
+        sets = condemned_sets(rrepo)
+        if {s.name for s in sets} <= seen_sets:
+            break
+        seen_sets |= {s.name for s in sets}
+        have = not_condemned(rrepo.objects.index.contains_many, condemned_ids(sets))
+        missing = missing_objects(repo.objects, list(todo.values()), have, tomb_local)
+        res.objects += len(missing)
+    if not missing and todo:
+        # nothing uploaded: still validate against sets that appeared since we looked
+        sets = condemned_sets(rrepo)
+        if not {s.name for s in sets} <= seen_sets:
+            have = not_condemned(rrepo.objects.index.contains_many, condemned_ids(sets))
+            again = missing_objects(repo.objects, list(todo.values()), have, tomb_local)
+            if again:
+                _upload(repo, rrepo, again, journal, res, say, connections)
+                _write_remote_segment(rrepo, journal.items)
+                journal.clear()
 
     # 4. refs, then the catalog
     moved: list[Summary] = []
@@ -283,9 +314,24 @@ def push(
             break
     for cid in tomb_local - tomb_remote:
         rrepo.refs.add_tombstone(cid)
-    if moved:
-        add_catalog_record(rrepo, moved, [])
-    return res
+    # experiments deleted here (rm) and still alive on the remote
+    deleted: list[bytes] = []
+    gone = getattr(repo.refs, "deleted_experiments", lambda: set())()
+    for eid in sorted(gone):
+        if eid in local or (experiments is not None and eid not in experiments):
+            continue
+        cur = remote_heads.get(eid)
+        if cur is None or cur[1] is None:
+            continue
+        record = {"old": cur[1].hex(), "new": None, "time_ns": time.time_ns(),
+                  "host": socket.gethostname(), "message": "rm"}
+        try:
+            rrepo.refs.advance(eid, cur[0], None, record)
+            deleted.append(eid)
+        except RefConflict:
+            res.skipped.append(f"{eid.hex()[:7]}: changed on the remote; not deleted there")
+    if moved or deleted:
+        add_catalog_record(rrepo, moved, deleted)
 
 
 def _upload(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Location],

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from replicate.errors import LockError, RefConflict
-from replicate.fsutil import fsync_dir, write_atomic
+from replicate.fsutil import fsync_dir, tmp_name, write_atomic
 
 ZERO = "0" * 64
 _NAME_RE = re.compile(r"^(experiments|removed)/[0-9a-f]{64}$")
@@ -110,17 +110,27 @@ class RefStore:
     # -- locking ----------------------------------------------------------------------------
 
     def _lock(self, path: Path, timeout: float) -> int:
+        """Take the ref's lock file (waiting, and breaking a dead owner's lock)."""
         lock = path.with_name(path.name + ".lock")
         lock.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         delay = 0.001
         me = f"{os.getpid()} {socket.gethostname()}\n".encode()
         while True:
+            # The lock appears with its owner already written (temp file + link), so a writer
+            # killed at any instant leaves a lock naming a dead process, which is broken.
+            tmp = tmp_name(lock)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 os.write(fd, me)
-                return fd
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, lock)
+                tmp.unlink(missing_ok=True)
+                return 0
             except FileExistsError:
+                tmp.unlink(missing_ok=True)
                 if self._break_stale(lock):
                     continue
                 if time.monotonic() > deadline:
@@ -180,7 +190,7 @@ class RefStore:
         """
         path = self._path(name)
         lock = path.with_name(path.name + ".lock")
-        fd = self._lock(path, timeout)
+        self._lock(path, timeout)
         try:
             cur = self.read(name)
             if old is not ANY and cur != old:
@@ -190,30 +200,43 @@ class RefStore:
                 )
             self._append_log(name, cur, new, message)
             if new is None:
-                os.close(fd)
-                fd = -1
                 path.unlink(missing_ok=True)
-                lock.unlink(missing_ok=True)
-                fsync_dir(path.parent)
-                return
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, (new.hex() + "\n").encode())
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(lock, path)
+            else:
+                write_atomic(path, (new.hex() + "\n").encode())
             fsync_dir(path.parent)
         finally:
-            if fd >= 0:
-                os.close(fd)
-                lock.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)
 
     def delete(self, name: str, old: bytes | None | _Any = ANY, message: str = "delete") -> None:
-        """Delete a ref and its reflog (as git does for a deleted branch)."""
+        """Delete a ref and its reflog (as git does for a deleted branch). Deleted experiments
+        are remembered in ``logs/deleted`` so that push can delete them on remotes too."""
         self.update(name, None, old, message)
         log = self.logs_dir / name
         log.unlink(missing_ok=True)
+        if name.startswith("experiments/"):
+            rec = self.logs_dir.parent / "deleted"
+            fd = os.open(rec, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, f"{name.split('/', 1)[1]} {time.time_ns()}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def deleted_experiments(self) -> set[bytes]:
+        """Experiments deleted here (``rm``), for push to propagate."""
+        try:
+            text = (self.logs_dir.parent / "deleted").read_text()
+        except FileNotFoundError:
+            return set()
+        out = set()
+        for line in text.splitlines():
+            h = line.split(" ", 1)[0]
+            if len(h) == 64:
+                try:
+                    out.add(bytes.fromhex(h))
+                except ValueError:
+                    continue
+        return out
 
     def _append_log(self, name: str, old: bytes | None, new: bytes | None, msg: str) -> None:
         log = self.logs_dir / name
@@ -233,7 +256,7 @@ class RefStore:
     def rewrite_reflog(self, name: str, entries: list[ReflogEntry]) -> None:
         """Replace a ref's reflog (reflog expiry), atomically, under the ref's lock."""
         path = self._path(name)
-        fd = self._lock(path, LOCK_TIMEOUT)
+        self._lock(path, LOCK_TIMEOUT)
         try:
             lines = "".join(
                 f"{e.old.hex() if e.old else ZERO} {e.new.hex() if e.new else ZERO} "
@@ -242,7 +265,6 @@ class RefStore:
             )
             write_atomic(self.logs_dir / name, lines.encode())
         finally:
-            os.close(fd)
             path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
     def reflog(self, name: str) -> list[ReflogEntry]:

@@ -34,6 +34,7 @@ class KeyInfo:
 
     key: str
     size: int
+    mtime: float | None = None  # seconds since the epoch, when the backend reports it
 
 
 class Remote(Protocol):
