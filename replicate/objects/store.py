@@ -31,6 +31,7 @@ from replicate.objects.index import RECORD, Index, Location, encode_segment, wri
 
 DATA_PACK_TARGET = 64 * 1024 * 1024
 META_PACK_TARGET = 16 * 1024 * 1024
+COMPACT_SEGMENTS = 64  # merge the index when a repository has more segments than this
 
 
 class ObjectStore:
@@ -152,6 +153,42 @@ class ObjectStore:
         """Type code of an indexed object, or None."""
         loc = self.index.lookup(oid)
         return None if loc is None else loc.type
+
+    def maybe_compact(self, max_segments: int = COMPACT_SEGMENTS) -> str | None:
+        """Merge the index segments into one when there are more than ``max_segments``
+        (each commit adds one). The merged segment supersedes the others, which are deleted
+        once it is durable. Skipped while gc sweeps (it holds gc.lock exclusively) or while
+        another process compacts."""
+        names = self.index.segment_names()
+        if len(names) <= max_segments:
+            return None
+        from replicate.fsutil import flocked
+
+        with flocked(self.root / "gc.lock", timeout=0) as writers_ok, flocked(
+            self.root / "index.lock", exclusive=True, timeout=0
+        ) as mine:
+            if not (writers_ok and mine):
+                return None
+            self.index.refresh()
+            names = self.index.segment_names()
+            if len(names) <= max_segments:
+                return None
+            recs = self.index.all_records()
+            used = np.unique(recs["pack"]) if len(recs) else np.zeros(0, dtype=np.int64)
+            remap = np.zeros(len(self.index.packs), dtype="<u4")
+            for i, o in enumerate(used):
+                remap[int(o)] = i
+            recs = recs.copy()
+            if len(recs):
+                recs["pack"] = remap[recs["pack"].astype(np.int64)]
+            data = encode_segment([self.index.packs[int(o)] for o in used], recs,
+                                  supersedes=names)
+            name = write_segment(self.index_dir, data)
+            for n in names:
+                if n != name:
+                    (self.index_dir / f"{n}.idx").unlink(missing_ok=True)
+            self.index.refresh()
+            return name
 
     def transaction(self) -> Transaction:
         """Start writing objects; nothing is visible until :meth:`Transaction.commit`."""
@@ -319,6 +356,7 @@ class Transaction:
         data = encode_segment(packs, recs)
         name = write_segment(self.store.index_dir, data)
         self.store.index.add_local(packs, recs, name)
+        self.store.maybe_compact()
         return name
 
     def abort(self) -> None:
