@@ -14,8 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from replicate.errors import RemoteError, RepositoryNotFound
 from replicate.objects import codec
 from replicate.objects.index import Location
@@ -69,7 +67,9 @@ class _LayeredIndex:
     def contains(self, oid: bytes) -> bool:
         return bool(self.a.contains(oid) or self.b.contains(oid))
 
-    def contains_many(self, oids: list[bytes]) -> np.ndarray:
+    def contains_many(self, oids: list[bytes]) -> Any:
+        import numpy as np
+
         return np.asarray(self.a.contains_many(oids)) | np.asarray(self.b.contains_many(oids))
 
     def lookup(self, oid: bytes) -> Location | None:

@@ -76,8 +76,12 @@ class Project:
         """The local repository that records new experiments (created when ``create``)."""
         if self._local is None:
             if self._repository_arg:
-                from replicate.layered import open_repository
+                from replicate.layered import _path_of, open_repository
 
+                p = _path_of(self._repository_arg, Path.cwd())
+                if create and p is not None and (not p.exists() or not any(p.iterdir())):
+                    self._local = Repository.init(p)  # a new local repository at that path
+                    return self._local
                 r = open_repository(self._repository_arg, Path.cwd())
                 if not isinstance(r, Repository):
                     raise ConfigError(
@@ -96,10 +100,9 @@ class Project:
         if create:
             return self.local_repo(create=True)
         if self._read is None:
-            from replicate.layered import merged, open_repository
-            from replicate.remote_repo import RemoteRepository
-
             if self._repository_arg:
+                from replicate.layered import open_repository
+
                 self._read = open_repository(self._repository_arg, Path.cwd())
             else:
                 url = self.remote_url()
@@ -110,10 +113,13 @@ class Project:
                         raise
                     local = None
                 if url is None:
-                    self._read = local
+                    self._read = local  # the common case imports nothing more
                 elif local is None:
+                    from replicate.remote_repo import RemoteRepository
+
                     self._read = RemoteRepository(url, base=self.directory)
                 else:
+                    from replicate.layered import merged
                     from replicate.sync import open_remote_repo
 
                     self._read = merged(local, open_remote_repo(local, url, self.directory))
@@ -176,6 +182,7 @@ class Project:
         if not disable_heartbeat:
             exp._start_heartbeat()
             _RUNNING.add(exp)
+            _stop_in_multiprocessing_children()
         pusher = self.pusher()
         if pusher is not None:
             if disable_heartbeat:
@@ -217,6 +224,7 @@ class Project:
         from replicate.saver import Job, get_saver
 
         repo = self.local_repo()
+        _preflight(repo, 0)
         saver = get_saver()
         created = time.time_ns()
         reserved = {"memory": 0, "staged": 0}
@@ -245,6 +253,13 @@ class Project:
                               placement=placement, staging_dir=repo.new_staging_dir(),
                               buffers=saver.pool.get, recent=saver.recent)
         except BaseException:
+            saver.budget.release(reserved["memory"], reserved["staged"])
+            raise
+        try:
+            _preflight(repo, cap.memory_bytes if cap is not None else 0)
+        except OSError:
+            if cap is not None:
+                cap.release()
             saver.budget.release(reserved["memory"], reserved["staged"])
             raise
         if cap is not None and cap.memory_bytes:
@@ -302,6 +317,25 @@ class Project:
         repo = self.local_repo()
         repo.refs.delete(repo.experiment_ref(eid), message="rm")
         (repo.heartbeats_dir / eid.hex()).unlink(missing_ok=True)
+
+
+def _preflight(repo: Repository, nbytes: int) -> None:
+    """Fail now, not in the background, when the repository clearly cannot take a checkpoint
+    (so checkpoint() can warn and return None): its temp directory is unusable, or the disk
+    lacks room for the captured bytes."""
+    import errno
+
+    tmp = repo.root / "tmp"
+    if not tmp.is_dir() or not os.access(tmp, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"cannot write to {tmp}; the repository is not writable")
+    try:
+        st = os.statvfs(repo.root)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes and free < nbytes + (16 << 20):
+        raise OSError(errno.ENOSPC, f"not enough free space in {repo.root} "
+                      f"({free >> 20} MiB free, the checkpoint needs up to {nbytes >> 20} MiB)")
 
 
 def _memory_sizes(cap: Capture) -> list[bytes]:
@@ -377,6 +411,19 @@ class CheckpointCollection:
 
 
 _RUNNING: weakref.WeakSet[Experiment] = weakref.WeakSet()
+
+
+def _stop_in_multiprocessing_children() -> None:
+    """A multiprocessing child (fork) leaves through os._exit, skipping atexit: multiprocessing
+    runs its own finalizers then, so stop heartbeats there too."""
+    import sys
+
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.current_process().name == "MainProcess":
+        return
+    from multiprocessing import util
+
+    util.Finalize(None, _stop_all, exitpriority=10)
 
 
 @atexit.register
