@@ -30,7 +30,6 @@ import numpy as np
 from replicate.checkout import flatten
 from replicate.errors import CorruptObjectError, DoesNotExist
 from replicate.history import resolve_any
-from replicate.objects import ids
 from replicate.objects.codec import KIND_FILE, KIND_TREE, ChunkRef, File, TreeEntry
 from replicate.objects.reader import file_chunk_refs, read_file_object
 from replicate.objects.store import ObjectStore
@@ -273,8 +272,8 @@ def _offsets(refs: list[ChunkRef]) -> list[int]:
 
 
 class _ChunkCache:
-    """Chunks read while measuring one region (each read once, verified by the store).
-    ``prefetch`` starts reading chunks in the worker pool (decompression and hashing release
+    """Chunks read while measuring a file's regions (each read once, verified by the store, and
+    dropped once its region is measured). ``prefetch`` starts reading chunks in the worker pool (decompression and hashing release
     the GIL), so the first and last chunks of many regions are read in parallel."""
 
     def __init__(self, store: ObjectStore) -> None:
@@ -516,14 +515,10 @@ class Diff:
 
 def diff(a: Checkpoint, b: Checkpoint, files: bool = True) -> Diff:
     """Compare checkpoint ``a`` with checkpoint ``b`` (B relative to A)."""
+    removed = (a.files_removed, b.files_removed)  # (also waits for a checkpoint being saved)
     store = a.experiment._project.repo().objects
     changes = diff_views(store, checkpoint_trees(a), checkpoint_trees(b)) if files else []
-    return Diff(a, b, metadata_sections(a, b), changes, (a.files_removed, b.files_removed))
-
-
-def short(hex_id: str) -> str:
-    """The short form of an ID."""
-    return hex_id[: ids.SHORT_LEN]
+    return Diff(a, b, metadata_sections(a, b), changes, removed)
 
 
 __all__ = [

@@ -8,7 +8,7 @@ The table is the predecessor's, byte for byte (``shared/reference/limits.md`` se
 
     EXPERIMENT  STARTED  STATUS  [HOST]  [USER]  PARAMS  [BEST CHECKPOINT]  LATEST CHECKPOINT
 
-laid out as Go's ``text/tabwriter`` laid it out (:func:`tabwrite`): every line has a cell in
+laid out as Go's ``text/tabwriter`` laid it out (:func:`layout`): every line has a cell in
 every column, cells are padded to the column width plus 2, the last column is not padded. So
 the blank line that follows each experiment holds spaces up to where the last column starts,
 exactly as the predecessor printed it (``output.table()`` strips trailing spaces; this table
@@ -175,18 +175,13 @@ def metrics_to_display(items: Sequence[Summary], show_all: bool) -> list[str]:
 # --- rendering: tables ------------------------------------------------------------------------
 
 
-def tabwrite(rows: Sequence[Sequence[str]], padding: int = 2, blank_after: bool = False) -> str:
-    """Rows of cells (a cell may hold several lines) laid out as Go's tabwriter laid out the
+def layout(rows: Sequence[Sequence[Sequence[str]]], padding: int = 2,
+           blank_after: bool = False) -> str:
+    """Rows of cells, each cell a list of lines, laid out as Go's tabwriter laid out the
     predecessor's tables: each row becomes as many lines as its tallest cell (plus a blank line
     when ``blank_after``, except after the first row, the heading); every line has every
     column; columns are padded to their widest line plus ``padding``; the last column is not
     padded, so a line whose last cell is empty ends in spaces."""
-    return layout([[c.split("\n") for c in r] for r in rows], padding, blank_after)
-
-
-def layout(rows: Sequence[Sequence[Sequence[str]]], padding: int = 2,
-           blank_after: bool = False) -> str:
-    """:func:`tabwrite` for cells given as lists of lines."""
     if not rows:
         return ""
     from itertools import chain, starmap, zip_longest
@@ -217,24 +212,14 @@ class _Formatter:
 
         self.now = now
         self._time_ago = time_ago
-        self._values: dict[tuple[type, Any], str] = {}
         self._days: dict[int, str] = {}
-        self._pairs: dict[Any, str] = {}
+        self._pairs: dict[tuple[str, type, Any], str] = {}
         self._checkpoints: dict[bytes, list[str]] = {}
-
-    def value(self, v: Any) -> str:
-        if isinstance(v, (dict, list)):
-            return short_value(v)
-        key = (v.__class__, v)
-        s = self._values.get(key)
-        if s is None:
-            s = self._values[key] = short_value(v)
-        return s
 
     def ago(self, ns: int) -> str:
         if self.now - ns < 73 * 3600 * 1_000_000_000:
             return self._time_ago(ns, self.now)
-        day = ns // (86400 * 1_000_000_000)
+        day = ns // (86400 * 1_000_000_000)  # a date from then on
         s = self._days.get(day)
         if s is None:
             s = self._days[day] = self._time_ago(ns, self.now)
@@ -247,12 +232,13 @@ class _Formatter:
         for k in names:
             if k in d:
                 v = d[k]
-                key = (k, v.__class__, v) if not isinstance(v, (dict, list)) else None
-                s = cache.get(key) if key is not None else None
+                if isinstance(v, (dict, list)):
+                    out.append(f"{k}={short_value(v)}")
+                    continue
+                key = (k, v.__class__, v)  # the class: 1 and 1.0 and True are equal keys
+                s = cache.get(key)
                 if s is None:
-                    s = f"{k}={self.value(v)}"
-                    if key is not None:
-                        cache[key] = s
+                    s = cache[key] = f"{k}={short_value(v)}"
                 out.append(s)
         return out
 

@@ -31,7 +31,9 @@ def style(text: str, *, bold: bool = False, dim: bool = False, underline: bool =
         return text
     import click
 
-    return click.style(text, bold=bold, dim=dim, underline=underline, fg=colour)
+    # None, not False: click.style(bold=False) emits a reset code that cancels the others
+    return click.style(text, bold=bold or None, dim=dim or None,
+                       underline=underline or None, fg=colour)
 
 
 def message(text: str) -> None:

@@ -57,6 +57,7 @@ class Shown:
 
 def lookup(repo: Repository, prefix: str) -> Shown:
     """Resolve an experiment or checkpoint ID prefix and load its experiment."""
+    from replicate.errors import DoesNotExist
     from replicate.heartbeat import heartbeat_path, is_running
     from replicate.history import load_experiment, resolve_any
 
@@ -64,7 +65,9 @@ def lookup(repo: Repository, prefix: str) -> Shown:
     rec = load_experiment(repo, eid)
     checkpoint = None
     if kind == "checkpoint":
-        checkpoint = next(c for c in rec.checkpoints if c.id == cid)
+        checkpoint = next((c for c in rec.checkpoints if c.id == cid), None)
+        if checkpoint is None:  # its experiment moved on to another history meanwhile
+            raise DoesNotExist(f"checkpoint {prefix!r} is no longer in its experiment")
     running = is_running(heartbeat_path(repo.heartbeats_dir, eid))
     return Shown(rec, checkpoint, best_checkpoint(rec), running)
 
@@ -106,7 +109,8 @@ def cell(text: str) -> Cell:
 
 
 def styled(text: str, **kw: Any) -> Cell:
-    """A bold/faint cell: styled on a colour terminal, counted 8 wider either way."""
+    """A bold cell (colour terminals only; bold headers are all the colour there is), counted
+    8 wider either way, as the predecessor's tabwriter counted its escape bytes."""
     from replicate.cli.output import style
 
     return Cell(style(text, **kw), len(text) + STYLE_WIDTH)
@@ -117,11 +121,12 @@ def row(*texts: str | Cell) -> list[Cell]:
     return [t if isinstance(t, Cell) else cell(t) for t in texts]
 
 
-def tabwrite(lines: Sequence[Line | Raw], padding: int = 2) -> str:
-    """Lay out lines of cells as Go's ``tabwriter.NewWriter(w, 0, 8, padding, ' ', 0)``."""
+def tabwrite(lines: Sequence[Line | Raw], padding: int = 2, minwidth: int = 0) -> str:
+    """Lay out lines of cells as Go's ``tabwriter.NewWriter(w, minwidth, 8, padding, ' ', 0)``
+    (a cell's counted width may exceed its shown text: see :func:`styled`)."""
     cells = [ln for ln in lines if not isinstance(ln, Raw)]
     text: list[str] = []
-    _format(cells, [], 0, len(cells), padding, text)
+    _format(cells, [], 0, len(cells), padding, minwidth, text)
     out, it = [], iter(text)
     for ln in lines:
         out.append(ln.text if isinstance(ln, Raw) else next(it))
@@ -129,7 +134,7 @@ def tabwrite(lines: Sequence[Line | Raw], padding: int = 2) -> str:
 
 
 def _format(lines: Sequence[Line], widths: list[int], line0: int, line1: int, padding: int,
-            out: list[str]) -> None:
+            minwidth: int, out: list[str]) -> None:
     """Go's ``Writer.format``: the column blocks of ``widths``' next column, recursively."""
     column = len(widths)
     this = line0
@@ -139,12 +144,12 @@ def _format(lines: Sequence[Line], widths: list[int], line0: int, line1: int, pa
             continue
         _write(lines, widths, line0, this, out)
         line0 = this
-        width = 0
+        width = minwidth
         while this < line1 and column < len(lines[this]) - 1:
             width = max(width, lines[this][column].width + padding)
             this += 1
         widths.append(width)
-        _format(lines, widths, line0, this, padding, out)
+        _format(lines, widths, line0, this, padding, minwidth, out)
         widths.pop()
         line0 = this
     _write(lines, widths, line0, line1, out)
@@ -209,7 +214,7 @@ def _packages(packages: Sequence[tuple[str, str]], show_all: bool) -> tuple[list
 
 def _experiment_common(shown: Shown, show_all: bool) -> list[Line | Raw]:
     """The predecessor's ``writeExperimentCommon`` (with our additions)."""
-    from replicate.cli.output import rfc1123, style
+    from replicate.cli.output import rfc1123
 
     o = shown.experiment.obj
     lines: list[Line | Raw] = [
@@ -226,7 +231,7 @@ def _experiment_common(shown: Shown, show_all: bool) -> list[Line | Raw]:
     if o.params:
         lines += [row(f"{k}:", full_value(v)) for k, v in sorted(o.params.items())]
     else:
-        lines.append(row(styled("(none)", dim=True), ""))
+        lines.append(row("(none)", ""))
     system = _system(o.system or {})
     if o.python_version or system:
         lines += [row("", ""), row(styled("System", bold=True), "")]
@@ -238,9 +243,9 @@ def _experiment_common(shown: Shown, show_all: bool) -> list[Line | Raw]:
         pkgs, hidden = _packages(o.packages, show_all)
         lines += [row(f"{name}:", version) for name, version in pkgs]
         if hidden:
-            lines.append(Raw(style(f"... and {hidden} more. Use --all to view.", dim=True)))
+            lines.append(Raw(f"... and {hidden} more. Use --all to view."))
     else:
-        lines.append(row(styled("(none)", dim=True), ""))
+        lines.append(row("(none)", ""))
     lines.append(row("", ""))
     return lines
 
@@ -281,7 +286,7 @@ def render_experiment(shown: Shown, show_all: bool = False, now: int | None = No
     """The experiment view."""
     from replicate.cli.output import style
 
-    title = style(f"Experiment: {shown.experiment.id.hex()}", bold=True, underline=True)
+    title = style(f"Experiment: {shown.experiment.id.hex()}", bold=True)
     return (
         f"{title}\n\n"
         + tabwrite(_experiment_common(shown, show_all))
@@ -318,9 +323,9 @@ def render_checkpoint(shown: Shown, show_all: bool = False) -> str:
             note = f" (primary, {pm[1]})" if pm and pm[0] == k else ""
             lines.append(row(f"{k}:", full_value(v) + note))
     else:
-        lines.append(row(styled("(none)", dim=True), ""))
+        lines.append(row("(none)", ""))
     lines.append(row(""))
-    title = style(f"Checkpoint: {cp.id.hex()}", bold=True, underline=True)
+    title = style(f"Checkpoint: {cp.id.hex()}", bold=True)
     return f"{title}\n\n" + tabwrite(lines)
 
 
