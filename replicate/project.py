@@ -322,6 +322,40 @@ class Project:
         remove_experiment(repo, eid, tuple(c.id for c in rec.checkpoints))
 
 
+def _preflight(repo: Repository, nbytes: int) -> None:
+    """Fail now, not in the background, when the repository clearly cannot take a checkpoint
+    (so checkpoint() can warn and return None): its temp directory is unusable, or the disk
+    lacks room for the captured bytes."""
+    import errno
+
+    tmp = repo.root / "tmp"
+    if not tmp.is_dir() or not os.access(tmp, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"cannot write to {tmp}; the repository is not writable")
+    try:
+        st = os.statvfs(repo.root)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes and free < nbytes + (16 << 20):
+        raise OSError(errno.ENOSPC, f"not enough free space in {repo.root} "
+                      f"({free >> 20} MiB free, the checkpoint needs up to {nbytes >> 20} MiB)")
+
+
+def _memory_sizes(cap: Capture) -> list[bytes]:
+    from replicate.build import MEMORY, CapturedDir, CapturedFile
+
+    out = []
+    stack = [cap.root]
+    while stack:
+        d = stack.pop()
+        for n in d.children.values():
+            if isinstance(n, CapturedDir):
+                stack.append(n)
+            elif isinstance(n, CapturedFile) and n.source == MEMORY:
+                out.append(n.data)
+    return out
+
+
 class ExperimentCollection:
     """``project.experiments``: create, get and list experiments."""
 
