@@ -10,16 +10,15 @@ import warnings
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from replicate.checkout import CheckoutResult, checkout_items, find_entry, select
 from replicate.errors import DoesNotExist
 from replicate.heartbeat import Heartbeat, heartbeat_path, is_running, mark_stopped
 from replicate.history import CheckpointRecord, ExperimentRecord, load_experiment
 from replicate.lists import CheckpointList
 from replicate.objects import codec, ids
 from replicate.objects.codec import KIND_TREE
-from replicate.objects.reader import open_file, read_file_object
 
 if TYPE_CHECKING:
+    from replicate.checkout import CheckoutResult
     from replicate.project import Project
     from replicate.saver import Job
 
@@ -145,6 +144,9 @@ class Checkpoint:
         """A seekable binary file with the content of ``path`` (project-relative) as saved by
         this checkpoint, or by its experiment when the checkpoint did not save it. Bytes are
         read from the store on demand, so huge files use little memory."""
+        from replicate.checkout import find_entry  # lazily: `replicate ls` needs no numpy
+        from replicate.objects.reader import open_file, read_file_object
+
         store = self.experiment._project.repo().objects
         rel = codec.check_relpath(path)
         for tree in reversed(self._trees()):
@@ -163,6 +165,8 @@ class Checkpoint:
     def checkout(self, output_directory: str | os.PathLike[str], force: bool = False,
                  path: str | None = None) -> CheckoutResult:
         """Write the experiment's code and then this checkpoint's files into a directory."""
+        from replicate.checkout import checkout_items, select
+
         store = self.experiment._project.repo().objects
         trees = self._trees()
         if not trees:
@@ -225,6 +229,7 @@ class Experiment:
         self._project = project
         self._load(record)
         self._heartbeat: Heartbeat | None = None
+        self._resumed = True  # set False by init(): a resumed run starts its heartbeat lazily
 
     def _load(self, record: ExperimentRecord) -> None:
         self._rec = record
@@ -274,6 +279,8 @@ class Experiment:
         background, the checkpoint's :meth:`Checkpoint.wait` raises the error.
         """
         rel = self._project.relpath(path) if path is not None else None
+        if self._heartbeat is None and self._resumed:
+            self._resume_heartbeat()
         m = validate_metrics(metrics)
         pm = validate_primary_metric(primary_metric)
         if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
@@ -335,6 +342,18 @@ class Experiment:
         except Exception as e:  # never break training
             warnings.warn(f"replicate: cannot schedule the upload: {e}", CheckpointWarning,
                           stacklevel=2)
+
+    def _resume_heartbeat(self) -> None:
+        """A run resumed in another process (experiments.get(id).checkpoint(...)) shows as
+        running while it checkpoints, as a new run does."""
+        self._resumed = False
+        try:
+            from replicate.project import _RUNNING
+
+            self._start_heartbeat()
+            _RUNNING.add(self)
+        except Exception:
+            pass
 
     def _start_heartbeat(self) -> None:
         self._heartbeat = Heartbeat(
@@ -418,6 +437,8 @@ class Experiment:
             return cp.checkout(output_directory, force=force, path=path)
         if self._obj.code is None:
             raise DoesNotExist(f"experiment {self.short_id()} has no files")
+        from replicate.checkout import checkout_items, select
+
         store = self._project.repo().objects
         return checkout_items(store, select(store, self._obj.code, path), Path(output_directory), force)
 

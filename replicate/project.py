@@ -143,6 +143,9 @@ class Project:
         if not os.path.lexists(absolute):
             raise ValueError(f"path {raw!r} does not exist (looked for {absolute})")
         r = rel.as_posix()
+        if r == REPO_DIR or r.startswith(REPO_DIR + "/"):
+            raise ValueError(f"path {raw!r} is inside the repository ({REPO_DIR}/); "
+                             "checkpoint your files, not replicate's own")
         return "." if r in ("", ".") else codec.check_relpath(r)
 
     # -- writing ----------------------------------------------------------------------------
@@ -179,6 +182,7 @@ class Project:
             txn.commit()
             repo.refs.update(repo.experiment_ref(eid), eid, old=None, message="init")
         exp = Experiment(self, ExperimentRecord(eid, obj, eid, []))
+        exp._resumed = False
         if not disable_heartbeat:
             exp._start_heartbeat()
             _RUNNING.add(exp)
