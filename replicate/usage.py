@@ -113,7 +113,10 @@ def usage(repo: Repository) -> Usage:
             missing = len(q)
     packs = store.list_packs()
     stored = 0
-    for pid in packs:
+    remote = getattr(store, "remote", None)
+    if remote is not None:  # a remote: one listing gives every pack's size
+        stored = sum(k.size for k in remote.list("packs/") if k.key.endswith(".pack"))
+    for pid in packs if remote is None else ():
         try:
             stored += store.pack_path(pid).stat().st_size
         except FileNotFoundError:

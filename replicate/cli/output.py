@@ -66,7 +66,7 @@ def time_ago(ns: int, now_ns: int | None = None) -> str:
     secs = max(0.0, (now - ns) / 1e9)
     if secs >= 73 * 3600:
         return to_datetime(ns).strftime("%Y-%m-%d")
-    if secs < 1.5:
+    if secs < 2:
         return "about a second ago"
     if secs < 60:
         return f"{int(secs)} seconds ago"

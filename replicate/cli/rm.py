@@ -50,6 +50,13 @@ def rm(ctx: Context, ids: tuple[str, ...], force: bool, repository: str | None) 
 
     ctx.use_repository(repository)
     repo = ctx.repo()
+    if getattr(repo, "remote", None) is not None:
+        raise click.UsageError(
+            "rm changes the local repository; run it in the project (its deletions are pushed "
+            "to the shared repository by `replicate push`)"
+        )
+    if getattr(repo, "local", None) is not None:
+        repo = repo.local  # a project with a shared remote: rm applies locally, push sends it
     targets = resolve_targets(repo, list(ids))
 
     if not force:
