@@ -34,7 +34,10 @@ def open_remote(url: str, base: Path | None = None, retries: bool = True) -> Rem
     from replicate.remotes.wrappers import RetryingRemote
 
     if not is_remote_url(url):
-        url = "file://" + str(Path(url).expanduser().resolve())
+        p = Path(url).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        url = "file://" + str(p.resolve())
     if base is not None:
         url = resolve_file_url(url, base)
     scheme, _ = split_url(url)
