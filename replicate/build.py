@@ -185,12 +185,19 @@ class Capturer:
         start = now_ns()
         if where == MEMORY:
             buf, free = self.buffers(st.st_size)
-            self.cap._release.append(free)
+            cf = CapturedFile(path, mode, st, MEMORY, read_start=start)
+
+            def release(cf: CapturedFile = cf, free: Callable[[], None] = free) -> None:
+                # no reference to a buffer given back may survive (``recent`` keeps ``cf``)
+                cf.data = None
+                free()
+
+            self.cap._release.append(release)
             n = _read_into(path, buf)
             if n < st.st_size:  # shrank while we read: keep what we read
                 buf = memoryview(buf)[:n]
+            cf.data = buf
             self.cap.memory_bytes += n
-            cf = CapturedFile(path, mode, st, MEMORY, data=buf, read_start=start)
             if self.recent is not None and n == st.st_size:
                 self.recent[key] = cf
             return cf

@@ -320,7 +320,7 @@ def fsck_remote(
     Never raises for problems it finds; remote errors (unreachable, credentials) do raise."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from replicate.remote_repo import REFS, pack_key, parse_ref_key
+    from replicate.remote_repo import REFS, pack_key, parse_claim_key, parse_ref_key
 
     rep = FsckReport()
     say = progress or (lambda _m: None)
@@ -379,15 +379,11 @@ def fsck_remote(
 
     # 3. refs and connectivity
     say("checking connectivity")
-    heads: dict[bytes, tuple[int, bytes | None]] = {}
-    for k in remote.list(REFS):
-        parsed = parse_ref_key(k.key)
-        if parsed is None:
-            rep.warnings.append(f"unexpected key {k.key}")
-            continue
-        eid, seq, head = parsed
-        if eid not in heads or seq > heads[eid][0]:
-            heads[eid] = (seq, head)
+    keys = [k.key for k in remote.list(REFS)]
+    for key in keys:
+        if parse_claim_key(key) is None and parse_ref_key(key) is None:
+            rep.warnings.append(f"unexpected key {key}")
+    heads = rrepo.refs.resolve(keys)
     tombstones = rrepo.refs.tombstones()
     seen: set[bytes] = set()
     live: dict[bytes, bytes] = {}

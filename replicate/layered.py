@@ -164,6 +164,8 @@ def merged(local: Repository, remote: RemoteRepository) -> Any:
     try:
         remote.refs.heads()
         remote.objects.refresh()
+    except RepositoryNotFound:
+        return local  # nothing was pushed there yet (the first push creates it)
     except RemoteError as e:
         logger.warning("replicate: cannot reach %s (%s); showing local experiments only",
                        remote.url, e)

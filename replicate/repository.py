@@ -18,17 +18,22 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from replicate.errors import ConfigError, IncompatibleRepository, RepositoryNotFound
 from replicate.fsutil import create_exclusive
 from replicate.objects import chunker
-from replicate.objects.statcache import StatCache
-from replicate.objects.store import ObjectStore
 from replicate.refs.store import RefStore
+
+if TYPE_CHECKING:  # imported on first use: `replicate ls` needs neither (nor numpy, sqlite3)
+    from replicate.objects.statcache import StatCache
+    from replicate.objects.store import ObjectStore
 
 FORMAT = "replicate"
 FORMAT_VERSION = 1
+_OPEN_LOCK = threading.Lock()
 
 
 def repository_config() -> dict[str, object]:
@@ -57,7 +62,7 @@ class Repository:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.config = self._read_config()
-        self.objects = ObjectStore(root)
+        self._objects: ObjectStore | None = None
         self.refs = RefStore(root)
         self.heartbeats_dir = root / "heartbeats"
         self.staging_root = root / "staging"
@@ -113,9 +118,22 @@ class Repository:
         return cfg
 
     @property
+    def objects(self) -> ObjectStore:
+        """The object store (opened on first use)."""
+        if self._objects is None:
+            from replicate.objects.store import ObjectStore
+
+            with _OPEN_LOCK:  # one store per repository, even when threads race here
+                if self._objects is None:
+                    self._objects = ObjectStore(self.root)
+        return self._objects
+
+    @property
     def statcache(self) -> StatCache:
         """The stat cache (opened on first use)."""
         if self._statcache is None:
+            from replicate.objects.statcache import StatCache
+
             self._statcache = StatCache(self.root / "cache" / "stat.db", self.root / "tmp")
         return self._statcache
 
@@ -131,7 +149,8 @@ class Repository:
 
     def close(self) -> None:
         """Release file descriptors and caches."""
-        self.objects.close()
+        if self._objects is not None:
+            self._objects.close()
         if self._statcache is not None:
             self._statcache.close()
 

@@ -30,7 +30,7 @@ import msgpack
 import numpy as np
 
 from replicate.errors import CorruptObjectError, RefConflict
-from replicate.fsutil import flocked, write_atomic
+from replicate.fsutil import flocked, fsync_dir, write_atomic
 from replicate.objects import codec, pack
 from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
 from replicate.objects.index import RECORD, Location, encode_segment, write_segment
@@ -69,8 +69,15 @@ def missing_objects(
     heads: Iterable[bytes],
     have: Callable[[list[bytes]], np.ndarray],
     tombstones: set[bytes],
+    resumed: Resumed | None = None,
 ) -> dict[bytes, Location]:
-    """Every object reachable from ``heads`` that ``have`` says the destination lacks."""
+    """Every object reachable from ``heads`` that ``have`` says the destination lacks.
+
+    The walk stops at objects the destination's index has: an index only ever lists objects
+    whose whole closure is stored (a push or pull indexes what it transferred only once all of
+    it is there). Objects of ``resumed`` (transferred by an interrupted run, not indexed yet)
+    are not transferred again, but the walk goes on below them, and the ones reached are
+    marked ``resumed.reused`` so that they are indexed with this run's objects."""
     out: dict[bytes, Location] = {}
     seen: set[bytes] = set()
     todo = [h for h in heads]
@@ -85,7 +92,10 @@ def missing_objects(
             if p:
                 continue
             loc = store.locate(oid)
-            out[oid] = loc
+            if resumed is not None and oid in resumed.entries:
+                resumed.reused.add(oid)
+            else:
+                out[oid] = loc
             if loc.type == codec.CHUNK:
                 continue
             obj = store.read_object(oid)
@@ -164,6 +174,7 @@ class _Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.items: list[tuple[bytes, list[pack.PackEntry]]] = []
+        self.new = 0  # items added by this run (the others were loaded: an earlier run's)
         self.lock = threading.Lock()
 
     def load(self) -> list[tuple[bytes, list[pack.PackEntry]]]:
@@ -177,6 +188,7 @@ class _Journal:
     def add(self, pid: bytes, entries: list[pack.PackEntry]) -> None:
         with self.lock:
             self.items.append((pid, entries))
+            self.new += 1
             data = msgpack.packb(
                 [[p, [[e.id, e.type, e.offset, e.stored_len, e.raw_len, e.codec] for e in ents]]
                  for p, ents in self.items],
@@ -186,7 +198,26 @@ class _Journal:
 
     def clear(self) -> None:
         self.items = []
+        self.new = 0
         self.path.unlink(missing_ok=True)
+
+
+class Resumed:
+    """Packs transferred by an interrupted push or pull (from its journal) and still there:
+    their objects need not be transferred again; those this run reaches (``reused``) are
+    indexed together with what it transfers."""
+
+    def __init__(self, items: list[tuple[bytes, list[pack.PackEntry]]]) -> None:
+        self.items = items
+        self.entries = {e.id for _p, ents in items for e in ents}
+        self.reused: set[bytes] = set()
+
+    def take(self) -> list[tuple[bytes, list[pack.PackEntry]]]:
+        """The reused entries, by pack (once: afterwards they are indexed)."""
+        out = [(p, [e for e in ents if e.id in self.reused]) for p, ents in self.items]
+        out = [(p, ents) for p, ents in out if ents]
+        self.items, self.entries = [], set()
+        return out
 
 
 def remote_cache_dir(repo: Repository, url: str) -> Path:
@@ -225,52 +256,77 @@ def push(
     """Push experiments (all by default) from ``repo`` to ``rrepo``."""
     res = TransferResult()
     say = progress or (lambda _p, _d, _t: None)
-    rrepo.ensure_config(repo.config)
+    if rrepo.cached_config() is None:  # else known to exist: it is created once, never changed
+        rrepo.ensure_config(repo.config)
     journal = _Journal(rrepo.root / "push-journal")
 
-    # 1. an interrupted push: index what it uploaded
+    # 1. an interrupted push: what it uploaded is reused (indexed with this push's packs, and
+    # only the objects this push reaches: an index must never list an object whose closure is
+    # not all there). The journal keeps naming those packs until then.
     pending = journal.load()
-    if pending:
-        done = [(p, e) for p, e in pending if rrepo.remote.exists(pack_key(p))]
-        if done:
-            _write_remote_segment(rrepo, done)
-            res.resumed_packs = len(done)
-        journal.clear()
+    done = [(p, e) for p, e in pending if rrepo.remote.exists(pack_key(p))]
+    journal.items = list(done)
+    resumed = Resumed(done)
 
     from replicate.remote_gc import PushSession
 
-    with PushSession(rrepo):
-        _push_in_session(repo, rrepo, experiments, res, journal, say, connections)
+    try:
+        with PushSession(rrepo):
+            _push_in_session(repo, rrepo, experiments, res, journal, say, connections, resumed)
+    finally:
+        if rrepo.config_source == "created":
+            rrepo.config_source = "remote"  # a later push with this object: not new any more
     return res
+
+
+def _index_uploads(rrepo: RemoteRepository, journal: _Journal, resumed: Resumed,
+                   res: TransferResult) -> None:
+    """Write the index segment for what this push uploaded and the resumed objects it reached
+    (before any ref moves), then forget the journal."""
+    carried = resumed.take()
+    res.resumed_packs += len(carried)
+    fresh = journal.items[len(journal.items) - journal.new:]
+    entries = carried + fresh
+    if entries:
+        _write_remote_segment(rrepo, entries)
+    journal.clear()
 
 
 def _push_in_session(repo: Repository, rrepo: RemoteRepository, experiments: list[bytes] | None,
                      res: TransferResult, journal: _Journal, say: Progress,
-                     connections: int | None) -> None:
+                     connections: int | None, resumed: Resumed) -> None:
     from replicate.remote_gc import condemned_ids, condemned_sets, not_condemned
 
     sets = condemned_sets(rrepo)
     seen_sets = {s.name for s in sets}
+    if rrepo.config_source == "created":
+        rrepo.objects.reset_mirror()  # a new repository: nothing is indexed there yet
+    else:
+        rrepo.objects.refresh()  # may replace the index object: `have` is bound after it
+    if rrepo.config_source == "cache" and not rrepo.objects.index.segment_names():
+        rrepo.ensure_config(repo.config)  # an emptied remote? make sure its config exists
     have = not_condemned(rrepo.objects.index.contains_many, condemned_ids(sets))
-    rrepo.objects.refresh()
     repo.objects.refresh()
     local = {bytes.fromhex(n.split("/", 1)[1]): h for n, h in repo.refs.list("experiments").items()}
     if experiments is not None:
         local = {e: local[e] for e in experiments if e in local}
-    remote_heads = rrepo.refs.heads(refresh=True)
+    # A remote whose config this push just created has no refs yet: no need to list them
+    # (were that wrong, the create-only ref writes below would still catch it).
+    remote_heads = {} if rrepo.config_source == "created" else rrepo.refs.heads(refresh=True)
     todo = {e: h for e, h in local.items() if remote_heads.get(e, (0, None))[1] != h}
     tomb_local = set(repo.refs.list("removed").values())
     tomb_remote = rrepo.refs.tombstones() if tomb_local else set()
 
     # 2. what the remote lacks (a condemned object counts as lacking: it is uploaded again)
-    missing = missing_objects(repo.objects, list(todo.values()), have, tomb_local)
+    missing = missing_objects(repo.objects, list(todo.values()), have, tomb_local, resumed)
     res.objects = len(missing)
+    if not missing and resumed.reused:
+        _index_uploads(rrepo, journal, resumed, res)  # all there already, from the last push
 
     # 3. upload; then, at the commit point, make sure no gc condemned what we rely on
     while missing:
         _upload(repo, rrepo, missing, journal, res, say, connections)
-        _write_remote_segment(rrepo, journal.items)
-        journal.clear()
+        _index_uploads(rrepo, journal, resumed, res)
         sets = condemned_sets(rrepo)
         if {s.name for s in sets} <= seen_sets:
             break
@@ -286,32 +342,20 @@ def _push_in_session(repo: Repository, rrepo: RemoteRepository, experiments: lis
             again = missing_objects(repo.objects, list(todo.values()), have, tomb_local)
             if again:
                 _upload(repo, rrepo, again, journal, res, say, connections)
-                _write_remote_segment(rrepo, journal.items)
-                journal.clear()
+                _index_uploads(rrepo, journal, resumed, res)
 
-    # 4. refs, then the catalog
-    moved: list[Summary] = []
-    for eid, head in todo.items():
-        for _attempt in range(20):
-            cur = rrepo.refs.head(eid)
-            seq, rhead = cur if cur is not None else (0, None)
-            if rhead == head:
-                break
-            if rhead is not None and not is_ancestor(repo.objects, eid, rhead, head):
-                if rrepo.objects.has(rhead) and is_ancestor(rrepo.objects, eid, head, rhead):
-                    res.skipped.append(f"{eid.hex()[:7]}: the remote is ahead; pull first")
-                else:
-                    res.skipped.append(f"{eid.hex()[:7]}: histories diverged; not pushed")
-                break
-            record = {"old": rhead.hex() if rhead else None, "new": head.hex(),
-                      "time_ns": time.time_ns(), "host": socket.gethostname()}
-            try:
-                rrepo.refs.advance(eid, seq, head, record)
-            except RefConflict:
-                continue
-            res.experiments.append(eid.hex())
-            moved.append(summarize(repo, eid, head))
-            break
+    # 4. refs, then the catalog. Experiments whose ref is about to move are noted locally
+    # first, so that a push interrupted before its catalog record adds it next time.
+    pending = _CatalogPending(rrepo.root / "catalog-pending")
+    pending.add(todo)
+    moved_heads = _move_refs(repo, rrepo, todo, remote_heads, res, connections)
+    moved: list[Summary] = [summarize(repo, eid, head) for eid, head in moved_heads]
+    recorded = dict(moved_heads)
+    for eid, head in pending.load().items():
+        if eid not in recorded and local.get(eid) == head and \
+                remote_heads.get(eid, (0, None))[1] == head:
+            moved.append(summarize(repo, eid, head))  # its ref moved in an interrupted push
+            recorded[eid] = head
     for cid in tomb_local - tomb_remote:
         rrepo.refs.add_tombstone(cid)
     # experiments deleted here (rm) and still alive on the remote
@@ -332,6 +376,86 @@ def _push_in_session(repo: Repository, rrepo: RemoteRepository, experiments: lis
             res.skipped.append(f"{eid.hex()[:7]}: changed on the remote; not deleted there")
     if moved or deleted:
         add_catalog_record(rrepo, moved, deleted)
+    pending.remove({e: h for e, h in pending.load().items()
+                    if recorded.get(e) == h or e in todo and e not in recorded})
+
+
+REF_WORKERS = 32  # create-only ref PUTs in flight (pushing 10,000 experiments = 10,000 PUTs)
+
+
+def _move_refs(repo: Repository, rrepo: RemoteRepository, todo: dict[bytes, bytes],
+               listed: dict[bytes, tuple[int, bytes | None]], res: TransferResult,
+               connections: int | None) -> list[tuple[bytes, bytes]]:
+    """Create each experiment's next ref log entry, in parallel, starting from the heads
+    listed at the start of the push (re-read only when another writer got there first).
+    Returns the (experiment, head) pairs moved, in ``todo`` order."""
+
+    def move(eid: bytes, head: bytes) -> str | None:
+        cur = listed.get(eid)
+        for _attempt in range(20):
+            seq, rhead = cur if cur is not None else (0, None)
+            if rhead == head:
+                return ""  # already there (another push of the same head)
+            if rhead is not None and not is_ancestor(repo.objects, eid, rhead, head):
+                if rrepo.objects.has(rhead) and is_ancestor(rrepo.objects, eid, head, rhead):
+                    return f"{eid.hex()[:7]}: the remote is ahead; pull first"
+                return f"{eid.hex()[:7]}: histories diverged; not pushed"
+            record = {"old": rhead.hex() if rhead else None, "new": head.hex(),
+                      "time_ns": time.time_ns(), "host": socket.gethostname()}
+            try:
+                rrepo.refs.advance(eid, seq, head, record)
+                return None
+            except RefConflict:
+                cur = rrepo.refs.head(eid)
+        return f"{eid.hex()[:7]}: the remote ref keeps changing; not pushed"
+
+    items = list(todo.items())
+    if len(items) <= 1:
+        outcomes = [move(e, h) for e, h in items]
+    else:
+        n = min(len(items), max(REF_WORKERS, connections or 0))
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="replicate-refs") as ex:
+            outcomes = list(ex.map(lambda it: move(*it), items))
+    moved = []
+    for (eid, head), outcome in zip(items, outcomes):
+        if outcome is None:
+            res.experiments.append(eid.hex())
+            moved.append((eid, head))
+        elif outcome:
+            res.skipped.append(outcome)
+    return moved
+
+
+class _CatalogPending:
+    """Experiments whose remote ref a push is moving, until their catalog record is written
+    (a small local file: experiment id -> head)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[bytes, bytes]:
+        try:
+            raw = msgpack.unpackb(self.path.read_bytes(), raw=False)
+            return {bytes(k): bytes(v) for k, v in raw.items()}
+        except (OSError, ValueError, TypeError, AttributeError, msgpack.UnpackException):
+            return {}
+
+    def _save(self, items: dict[bytes, bytes]) -> None:
+        if items:
+            write_atomic(self.path, msgpack.packb(items, use_bin_type=True))
+        else:
+            self.path.unlink(missing_ok=True)
+
+    def add(self, items: dict[bytes, bytes]) -> None:
+        if items:
+            cur = self.load()
+            cur.update(items)
+            self._save(cur)
+
+    def remove(self, items: dict[bytes, bytes]) -> None:
+        if items:
+            cur = self.load()
+            self._save({e: h for e, h in cur.items() if items.get(e) != h})
 
 
 def _upload(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Location],
@@ -389,8 +513,9 @@ def _upload(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Loca
             if (need >= VERBATIM_SHARE * total and total >= VERBATIM_MIN
                     and all(loc.type == codec.CHUNK for _, loc in items)):
                 entries = _entries_of_local_pack(store, pid)
-                submit(pid, store.pack_path(pid), entries, False)
-                continue
+                if all(e.type == codec.CHUNK for e in entries):
+                    submit(pid, store.pack_path(pid), entries, False)
+                    continue
             for oid, loc in items:
                 is_chunk = loc.type == codec.CHUNK
                 w = writers[is_chunk]
@@ -436,7 +561,8 @@ def pull(
     """Pull experiments (all by default) from ``rrepo`` into ``repo``."""
     res = TransferResult()
     say = progress or (lambda _p, _d, _t: None)
-    rrepo.config()
+    if rrepo.cached_config() is None:
+        rrepo.config()
     rrepo.objects.refresh()
     repo.objects.refresh()
     heads = {e: h for e, (_s, h) in rrepo.refs.heads(refresh=True).items() if h is not None}
@@ -445,19 +571,36 @@ def pull(
     todo = {e: h for e, h in heads.items()
             if repo.refs.read(repo.experiment_ref(e)) != h}
     tombs = rrepo.refs.tombstones()
+    # packs downloaded by an interrupted pull are reused (see push)
+    journal = _Journal(rrepo.root / "pull-journal")
+    done = [(p, e) for p, e in journal.load() if repo.objects.pack_path(p).is_file()]
+    journal.items = list(done)
+    resumed = Resumed(done)
     missing = missing_objects(rrepo.objects, list(todo.values()),
-                              repo.objects.index.contains_many, tombs)
+                              repo.objects.index.contains_many, tombs, resumed)
     res.objects = len(missing)
     with flocked(repo.root / "gc.lock"):
-        _pull_locked(repo, rrepo, missing, todo, tombs, res, say, connections)
+        _pull_locked(repo, rrepo, missing, todo, tombs, res, say, connections, journal, resumed)
     return res
 
 
 def _pull_locked(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Location],
                  todo: dict[bytes, bytes], tombs: set[bytes], res: TransferResult,
-                 say: Progress, connections: int | None) -> None:
+                 say: Progress, connections: int | None, journal: _Journal,
+                 resumed: Resumed) -> None:
     if missing:
-        _download(repo, rrepo, missing, res, say, connections)
+        _download(repo, rrepo, missing, res, say, connections, journal)
+    # index everything at once, before any ref moves: an index lists only complete closures
+    carried = resumed.take()
+    res.resumed_packs += len(carried)
+    entries = carried + journal.items[len(journal.items) - journal.new:]
+    if entries:
+        from replicate.objects.index import encode_segment as enc
+
+        packs, recs = _records(entries)
+        name = write_segment(repo.objects.index_dir, enc(packs, recs))
+        repo.objects.index.add_local(packs, recs, name)
+    journal.clear()
     for eid, head in todo.items():
         ref = repo.experiment_ref(eid)
         cur = repo.refs.read(ref)
@@ -480,9 +623,10 @@ def _pull_locked(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes,
 
 
 def _download(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Location],
-              res: TransferResult, say: Progress, connections: int | None) -> None:
-    from replicate.objects.index import encode_segment as enc
-
+              res: TransferResult, say: Progress, connections: int | None,
+              journal: _Journal) -> None:
+    """Download what is missing into local packs (durable, not indexed yet: the caller
+    indexes them all at once), noting each pack in the journal."""
     store = repo.objects
     by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
     for oid, loc in missing.items():
@@ -493,11 +637,6 @@ def _download(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Lo
     lock = threading.Lock()
     workers = connections or rrepo.remote.properties.connections
 
-    def install(entries: list[tuple[bytes, list[pack.PackEntry]]]) -> None:
-        packs, recs = _records(entries)
-        name = write_segment(store.index_dir, enc(packs, recs))
-        store.index.add_local(packs, recs, name)
-
     def fetch_pack(pid: bytes, items: list[tuple[bytes, Location]]) -> None:
         nonlocal got
         need = sum(loc.stored_len for _, loc in items)
@@ -506,17 +645,26 @@ def _download(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Lo
         if need >= VERBATIM_SHARE * totals.get(pid, need + 1):
             tmp = tmp_dir / f"pull-{os.getpid()}-{secrets.token_hex(6)}.tmp"
             try:
-                rrepo.remote.get_file(pack_key(pid), str(tmp))
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
+                held = rrepo.objects.pack_in_memory(pid)  # fetched whole by the walk
+                if held is not None:
+                    with open(tmp, "xb") as f:
+                        f.write(held)
+                        os.fsync(f.fileno())
+                else:
+                    rrepo.remote.get_file(pack_key(pid), str(tmp))
+                    with open(tmp, "rb+") as f:
+                        os.fsync(f.fileno())
                 entries = _verify_pack_file(tmp, pid)
                 dest = store.pack_path(pid)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, dest)
+                fsync_dir(dest.parent)
             finally:
                 tmp.unlink(missing_ok=True)
-            with lock:
-                install([(pid, entries)])
+            # index the chunks, and only the structured objects this pull walked (another
+            # experiment's checkpoint in the same pack must not look complete locally)
+            needed = {oid for oid, _loc in items}
+            journal.add(pid, [e for e in entries if e.type == codec.CHUNK or e.id in needed])
         else:
             w = PackWriter(store)
             try:
@@ -528,8 +676,7 @@ def _download(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes, Lo
             except BaseException:
                 w.discard()
                 raise
-            with lock:
-                install([(npid, entries)])
+            journal.add(npid, entries)
         with lock:
             got += need
             res.packs += 1

@@ -2,8 +2,13 @@
 
 The calling thread reads the file in blocks and cuts chunks (pyfastcdc releases the GIL);
 a bounded pool of worker threads hashes and compresses batches of chunks (BLAKE3 and zstd
-release the GIL); the calling thread appends the results, in order, to the transaction's packs.
-Memory stays bounded: at most ``MAX_INFLIGHT`` batches are in flight.
+release the GIL); one writer thread appends the results, in order, to the transaction's packs
+(packs are sealed with fsync by the transaction's own background thread). Memory stays bounded:
+at most ``MAX_INFLIGHT`` batches are in flight, and read buffers are recycled once every chunk
+cut from them has been hashed and compressed.
+
+Measured costs and choices: docs/performance.md ("Storage engine"). The pool and the writer
+are shared by every ingest in the process; never run an ingest inside them.
 """
 
 from __future__ import annotations
@@ -95,39 +100,211 @@ def file_chunks(f: BinaryIO, block: int = BLOCK) -> Iterator[memoryview]:
         carry = bytes(pending)
 
 
-def ingest_chunks(
-    txn: Transaction, chunks: Iterable[memoryview], level: int | None = None
-) -> File:
+def ingest_chunks(txn: Transaction, chunks: Iterable[memoryview], level: int | None = None) -> File:
     """Store a sequence of chunks; returns the file object (not yet added to ``txn``)."""
-    refs: list[ChunkRef] = []
-    inflight: deque[Future[Processed]] = deque()
-    ex = pool()
+    return make_file(txn, _ingest(txn, ((c, None) for c in chunks), level))
 
-    def drain_one() -> None:
-        for oid, raw_len, c, stored in inflight.popleft().result():
-            if stored is not None:
-                txn.put_stored(oid, codec.CHUNK, stored, raw_len, c)
-            refs.append(ChunkRef(oid, raw_len))
 
-    batch: list[memoryview] = []
-    size = 0
+class _Block:
+    """A read buffer shared by the chunks cut from it; recycled once none of them is needed.
+
+    References: one held by the reader while it cuts the block, one per batch holding a chunk
+    of it (dropped as soon as the batch is hashed and compressed: the results are copies).
+    """
+
+    __slots__ = ("buf", "refs")
+
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+        self.refs = 1
+
+    def acquire(self) -> None:
+        with _buffers_lock:
+            self.refs += 1
+
+    def release(self) -> None:
+        with _buffers_lock:
+            self.refs -= 1
+            if self.refs or self.buf is None:
+                return
+            buf, self.buf = self.buf, None  # type: ignore[assignment]
+            if len(_buffers) < KEEP_BUFFERS and len(buf) == BUFFER_SIZE:
+                _buffers.append(buf)
+
+
+# Block buffers are recycled across blocks and calls: fresh memory is slow to touch on a VM
+# (0.38 GB/s here), and a new zeroed 17 MiB bytearray per block costs a memset and page faults.
+# At most KEEP_BUFFERS are kept once a call ends.
+BUFFER_SIZE = BLOCK + chunker.MAX_SIZE
+KEEP_BUFFERS = 4
+_buffers_lock = threading.Lock()
+_buffers: list[bytearray] = []
+_malloc_tuned = False
+
+
+def _new_block() -> _Block:
+    global _malloc_tuned
+    with _buffers_lock:
+        buf = _buffers.pop() if _buffers else None
+        if not _malloc_tuned:
+            # Freeing one large (mmap-backed) allocation raises glibc's dynamic mmap and trim
+            # thresholds (as the per-block buffers freed before recycling used to). Without
+            # it, every compressed chunk freed returns pages to the OS and the next chunk
+            # faults them back in (~85k page faults per GiB stored).
+            _malloc_tuned = True
+            bytearray(BUFFER_SIZE)
+    return _Block(buf if buf is not None else bytearray(BUFFER_SIZE))
+
+
+def _after_fork() -> None:
+    global _buffers_lock
+    _buffers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _block_chunks(f: BinaryIO) -> Iterator[tuple[memoryview, _Block]]:
+    """Like :func:`file_chunks` (same boundaries), but on recycled buffers: each view is only
+    valid while its block is referenced (see :class:`_Block`)."""
+    carry: memoryview | None = None
+    prev: _Block | None = None
     try:
-        for ch in chunks:
+        while True:
+            blk = _new_block()
+            mv = memoryview(blk.buf)
+            n = 0
+            if carry is not None:
+                n = len(carry)
+                mv[:n] = carry
+                carry = None
+                assert prev is not None
+                prev.release()
+                prev = None
+            end = n + BLOCK
+            while n < end:
+                r = f.readinto(mv[n:end])
+                if not r:
+                    break
+                n += r
+            eof = n < end
+            if not n:
+                blk.release()
+                return
+            prev = blk
+            pending: memoryview | None = None
+            for c in chunker.cut(mv[:n]):
+                if pending is not None:
+                    yield pending, blk
+                pending = c
+            assert pending is not None
+            if eof:
+                yield pending, blk
+                return
+            # The last chunk may have been cut by the block end: rescan it with the next block.
+            carry = pending
+    finally:
+        if prev is not None:
+            prev.release()
+
+
+class _Abort:
+    """Set when an ingest fails, so its queued write tasks do nothing."""
+
+    stop = False
+
+
+def _process_batch(
+    txn: Transaction, batch: list[memoryview], level: int | None, blocks: list[_Block]
+) -> Processed:
+    try:
+        return _process(txn, batch, level)
+    finally:
+        batch.clear()
+        for b in blocks:
+            b.release()
+
+
+def _write_batch(txn: Transaction, fut: Future[Processed], abort: _Abort) -> list[ChunkRef]:
+    res = fut.result()
+    if abort.stop:
+        return []
+    refs = []
+    for oid, raw_len, c, stored in res:
+        if stored is not None:
+            txn.put_stored(oid, codec.CHUNK, stored, raw_len, c)
+        refs.append(ChunkRef(oid, raw_len))
+    return refs
+
+
+_writer_lock = threading.Lock()
+_writer: ThreadPoolExecutor | None = None
+_writer_pid = 0
+
+
+def writer() -> ThreadPoolExecutor:
+    """The single thread appending processed batches to packs, in order (recreated after
+    fork). Writing into fresh page-cache pages can stall; off the reading thread, reading,
+    chunking, hashing and compressing go on meanwhile."""
+    global _writer, _writer_pid
+    with _writer_lock:
+        if _writer is None or _writer_pid != os.getpid():
+            _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicate-write")
+            _writer_pid = os.getpid()
+        return _writer
+
+
+def _ingest(
+    txn: Transaction, items: Iterable[tuple[memoryview, _Block | None]], level: int | None
+) -> list[ChunkRef]:
+    """The pipeline: batches of chunks are hashed and compressed in the pool, then appended to
+    the transaction by the writer thread in order. At most MAX_INFLIGHT batches are pending."""
+    ex, wr = pool(), writer()
+    abort = _Abort()
+    refs: list[ChunkRef] = []
+    pending: deque[tuple[Future[Processed], Future[list[ChunkRef]]]] = deque()
+    batch: list[memoryview] = []
+    blocks: list[_Block] = []
+    size = 0
+
+    def submit() -> None:
+        pf = ex.submit(_process_batch, txn, batch, level, blocks)
+        pending.append((pf, wr.submit(_write_batch, txn, pf, abort)))
+
+    ok = False
+    try:
+        for ch, blk in items:
             batch.append(ch)
             size += len(ch)
+            if blk is not None and (not blocks or blocks[-1] is not blk):
+                blk.acquire()
+                blocks.append(blk)
             if size >= BATCH_BYTES:
-                inflight.append(ex.submit(_process, txn, batch, level))
-                batch, size = [], 0
-                while len(inflight) >= MAX_INFLIGHT:
-                    drain_one()
+                submit()
+                batch, blocks, size = [], [], 0
+                while len(pending) >= MAX_INFLIGHT:
+                    refs.extend(pending.popleft()[1].result())
         if batch:
-            inflight.append(ex.submit(_process, txn, batch, level))
-        while inflight:
-            drain_one()
+            submit()
+            batch, blocks = [], []
+        while pending:
+            refs.extend(pending.popleft()[1].result())
+        ok = True
     finally:
-        for fut in inflight:
-            fut.cancel()
-    return make_file(txn, refs)
+        if not ok:
+            abort.stop = True
+            for pf, wf in pending:
+                pf.cancel()
+                wf.cancel()
+            for _pf, wf in pending:  # nothing may touch the transaction once we return
+                try:
+                    wf.result()
+                except Exception:
+                    pass
+            for b in blocks:
+                b.release()
+    return refs
 
 
 def make_file(txn: Transaction, refs: list[ChunkRef]) -> File:
@@ -169,10 +346,7 @@ def ingest_file(txn: Transaction, f: BinaryIO) -> File:
     if len(head) <= SMALL_FILE:
         return ingest_bytes(txn, head)
 
-    def chained() -> Iterator[memoryview]:
-        yield from file_chunks(_Prefixed(head, f))
-
-    return ingest_chunks(txn, chained())
+    return make_file(txn, _ingest(txn, _block_chunks(_Prefixed(head, f)), None))
 
 
 class _Prefixed:
