@@ -232,11 +232,10 @@ class Project:
         saver = get_saver()
         created = time.time_ns()
         reserved = {"memory": 0, "staged": 0}
-        told = []
 
-        def on_wait() -> None:
-            if not told:
-                told.append(True)
+        def on_wait() -> None:  # says so once per process
+            if not getattr(saver, "told_backpressure", False):
+                saver.told_backpressure = True  # type: ignore[attr-defined]
                 n, nbytes = saver.in_flight()
                 logger.warning(
                     "replicate: %d checkpoint(s) (%s) are still being saved; waiting for "

@@ -400,8 +400,6 @@ def test_everything_in_flight_is_committed_at_exit(tmp_path: Path, message_after
     if said:
         assert "replicate has finished saving." in err
         assert "If you force quit, those checkpoints will be lost." in err
-    if drain < threshold * 0.5:
-        assert not said
     assert not staging_dirs(project / ".replicate")
 
 
