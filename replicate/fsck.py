@@ -380,10 +380,23 @@ def fsck_remote(
     # 3. refs and connectivity
     say("checking connectivity")
     keys = [k.key for k in remote.list(REFS)]
+    claimed: set[tuple[bytes, int]] = set()
+    named: set[tuple[bytes, int]] = set()
     for key in keys:
-        if parse_claim_key(key) is None and parse_ref_key(key) is None:
+        c, n = parse_claim_key(key), parse_ref_key(key)
+        if c is not None:
+            claimed.add(c)
+        elif n is not None:
+            named.add((n[0], n[1]))
+        else:
             rep.warnings.append(f"unexpected key {key}")
     heads = rrepo.refs.resolve(keys)
+    for eid, (seq, _head) in sorted(heads.items()):
+        if (eid, seq) in claimed and (eid, seq) not in named:
+            rep.warnings.append(
+                f"the newest ref log entry of experiment {eid.hex()[:12]} has no name key (its "
+                "push stopped in between: readers take the head from the entry; the next push "
+                "of the experiment writes a complete one)")
     tombstones = rrepo.refs.tombstones()
     seen: set[bytes] = set()
     live: dict[bytes, bytes] = {}

@@ -18,7 +18,7 @@ twice more, and then:
 
 Remote sessions live 120 s after a killed push's last refresh, and a condemned set is swept
 only when every session it recorded has ended, so the chaos phase runs until gc has freed
-something (at least 130 s, at most 240 s). gc leases are set to expire after 8 s here
+something (at least 120 s, at most 240 s). gc leases are set to expire after 8 s here
 (``REPLICATE_GC_LEASE_TTL``) so a killed gc does not hold up the next for two minutes.
 """
 
@@ -42,7 +42,8 @@ import replicate
 from tests.helpers.sync_common import HELPERS, cli_env, remote_problems, run_cli
 
 TRAINERS = 4
-MIN_CHAOS_S = 130.0
+KILL_WEIGHTS = {"trainer": 0.6, "push": 0.25, "gc": 0.15}
+MIN_CHAOS_S = 120.0
 MAX_CHAOS_S = 240.0
 SEED = int(os.environ.get("REPLICATE_CHAOS_SEED", "20240611"))
 
@@ -79,8 +80,12 @@ class Actors:
     def kill_one(self, rnd: random.Random) -> None:
         with self.lock:
             victims = list(self.running.values())
-        if victims:
-            kind, p = rnd.choice(victims)
+        kinds = sorted({k for k, _p in victims})
+        if kinds:
+            # trainers most often; gc runs less (a killed gc holds its lease for a few seconds)
+            weights = [KILL_WEIGHTS.get(k, 0.2) for k in kinds]
+            kind = rnd.choices(kinds, weights)[0]
+            _kind, p = rnd.choice([v for v in victims if v[0] == kind])
             try:
                 p.send_signal(signal.SIGKILL)
                 self.kills[kind] = self.kills.get(kind, 0) + 1
@@ -181,14 +186,15 @@ def test_gc_chaos_with_four_machines_pushing_into_one_bucket(s3_url: str, tmp_pa
                 gc_runs.append(json.loads(out))
             elif code != -signal.SIGKILL:
                 gc_failures.append(err.strip()[-500:])
-            actors.stop.wait(1.0)
+            actors.stop.wait(0.2)
 
     def remover() -> None:
-        while not actors.stop.wait(rnd.uniform(4, 8)):
+        while not actors.stop.wait(rnd.uniform(3, 6)):
             i = rnd.randrange(TRAINERS)
             entries = read_log(logs[i])
-            done = [e["done"] for e in entries if "done" in e]
-            candidates = [e for e in done if e not in removed_experiments]
+            # experiments whose run ended (finished or killed): every one but the newest
+            seen = list(dict.fromkeys(e["experiment"] for e in entries if "experiment" in e))
+            candidates = [e for e in seen[:-1] if e not in removed_experiments]
             if not candidates:
                 continue
             eid = rnd.choice(candidates)
@@ -198,6 +204,9 @@ def test_gc_chaos_with_four_machines_pushing_into_one_bucket(s3_url: str, tmp_pa
                 code, _o, err = actors.run("rm", replicate_cmd("rm", "-f", eid), projects[i],
                                            envs[i], killable=False)
                 assert code == 0 or actors.stop.is_set(), err
+                # push the deletion at once (the push loop would, a little later)
+                code, _o, _e = actors.run("push", replicate_cmd("push"), projects[i], envs[i])
+                pushes["ok" if code == 0 else "failed"] += 1
             else:  # remove one checkpoint's files (a tombstone)
                 cps = [e["checkpoint"] for e in entries if e.get("experiment") == eid]
                 if cps:
