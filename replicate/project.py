@@ -288,6 +288,9 @@ class Project:
                        created: int) -> CheckpointRecord:
         from replicate.build import build
 
+        # gc may have removed unreferenced objects since this process loaded the index: see
+        # its current index before deduplicating against it (we hold gc.lock shared now)
+        repo.objects.refresh()
         ref = repo.experiment_ref(eid)
         files = None
         if cap is not None:

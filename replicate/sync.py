@@ -324,25 +324,28 @@ def _push_in_session(repo: Repository, rrepo: RemoteRepository, experiments: lis
         _index_uploads(rrepo, journal, resumed, res)  # all there already, from the last push
 
     # 3. upload; then, at the commit point, make sure no gc condemned what we rely on
-    while missing:
+    if missing:
         _upload(repo, rrepo, missing, journal, res, say, connections)
         _index_uploads(rrepo, journal, resumed, res)
+    # Commit-time validation: a gc that condemned objects since we looked may have condemned
+    # some this push relies on without uploading them (anywhere below the heads, not only at
+    # the frontier of what was missing). Upload those again until no new set appears.
+    while todo:
         sets = condemned_sets(rrepo)
-        if {s.name for s in sets} <= seen_sets:
+        new = [x for x in sets if x.name not in seen_sets]
+        if not new:
             break
-        seen_sets |= {s.name for s in sets}
-        have = not_condemned(rrepo.objects.index.contains_many, condemned_ids(sets))
-        missing = missing_objects(repo.objects, list(todo.values()), have, tomb_local)
-        res.objects += len(missing)
-    if not missing and todo:
-        # nothing uploaded: still validate against sets that appeared since we looked
-        sets = condemned_sets(rrepo)
-        if not {s.name for s in sets} <= seen_sets:
-            have = not_condemned(rrepo.objects.index.contains_many, condemned_ids(sets))
-            again = missing_objects(repo.objects, list(todo.values()), have, tomb_local)
-            if again:
-                _upload(repo, rrepo, again, journal, res, say, connections)
-                _index_uploads(rrepo, journal, resumed, res)
+        seen_sets |= {x.name for x in new}
+        cond = condemned_ids(new)
+        everything = missing_objects(repo.objects, list(todo.values()),
+                                     lambda oids: np.zeros(len(oids), dtype=bool), tomb_local)
+        ids = list(everything)
+        hit = not_condemned(lambda o: np.ones(len(o), dtype=bool), cond)(ids) if ids else []
+        again = {o: everything[o] for o, ok in zip(ids, hit) if not ok}
+        if again:
+            res.objects += len(again)
+            _upload(repo, rrepo, again, journal, res, say, connections)
+            _index_uploads(rrepo, journal, resumed, res)
 
     # 4. refs, then the catalog. Experiments whose ref is about to move are noted locally
     # first, so that a push interrupted before its catalog record adds it next time.

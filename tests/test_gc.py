@@ -362,9 +362,6 @@ def test_a_broken_repository_is_reported_and_left_alone(two_experiments: dict) -
     assert tree_state(root) == state
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (replicate/project.py): a long-lived writer "
-                   "dedupes against its in-memory index, which still lists objects gc removed; "
-                   "writers must refresh the index after taking gc.lock (reported)")
 def test_a_running_writer_does_not_reuse_what_gc_removed(tmp_path: Path) -> None:
     """A training process keeps its index in memory. Another process rms an experiment and
     runs gc, which removes that experiment's chunks; if the training process then saves a file

@@ -349,10 +349,6 @@ def test_a_push_that_reused_what_gc_condemned_meanwhile_stays_intact(gone_experi
     assert remote_problems(url, cache / "check") == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (replicate/sync.py, _push_in_session): the "
-                   "commit-time validation walks from the heads and stops at objects present on "
-                   "the remote (the checkpoint it just uploaded), so it never finds the condemned "
-                   "objects it reused below them (reported)")
 def test_commit_time_validation_reuploads_what_was_condemned_meanwhile(gone_experiment: dict
                                                                        ) -> None:
     """When B validates at its commit point it sees the new set and uploads its own copies of
