@@ -239,7 +239,10 @@ def test_gc_chaos_with_four_machines_pushing_into_one_bucket(s3_url: str, tmp_pa
     chaos_s = time.monotonic() - start
     gc_during = list(gc_runs)
     assert not actors.errors, actors.errors
-    assert not gc_failures or all("another gc is running" in f for f in gc_failures), gc_failures
+    # the only failures allowed: a lease held (by a gc killed a moment ago), and runs started
+    # before the first push created the repository
+    allowed = ("another gc is running", "no replicate repository at")
+    assert all(any(a in f for a in allowed) for f in gc_failures), gc_failures
 
     # --- after the chaos: push what killed pushes left, collect, check -----------------------
     for i in range(TRAINERS):
