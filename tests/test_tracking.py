@@ -406,6 +406,7 @@ def test_init_validates_its_arguments(repo_dir):
 def break_tmp(exp) -> Path:
     """A real failure to save: .replicate/tmp (where packs are written before they are renamed
     into place) becomes a file, so no pack can be created."""
+    exp.wait(raise_errors=False)  # earlier checkpoints finish first (they write into tmp/)
     tmp = exp._project.repo().root / "tmp"
     shutil.rmtree(tmp)
     tmp.write_text("not a directory")
