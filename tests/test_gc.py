@@ -386,10 +386,6 @@ def test_a_running_writer_does_not_reuse_what_gc_removed(tmp_path: Path) -> None
     assert rep.ok, rep.errors
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (replicate/objects/index.py, Index.refresh): a "
-                   "process keeps segments that vanished from disk unless a segment it loads "
-                   "names them as superseded; after two gc compactions between its refreshes it "
-                   "still lists objects the second gc removed (reported)")
 def test_a_running_writer_survives_two_gcs_between_its_checkpoints(tmp_path: Path) -> None:
     """As above, with two gc runs (each compacting the index into a new segment that
     supersedes only the segment before it) between two checkpoints of the writer."""

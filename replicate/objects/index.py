@@ -173,6 +173,15 @@ class Index:
             if vanished and not any(s.supersedes for s in new):
                 continue  # a compaction raced us: list again
             self._add_segments(new)
+            # Segments we hold that are gone from disk (gc removed them, having written a
+            # superseding segment we may have loaded long ago): drop them, or this process
+            # would keep deduplicating against objects that no longer exist.
+            listed = set(names)
+            gone = [n for n in self._loaded if n not in listed]
+            if gone:
+                for n in gone:
+                    self._loaded.pop(n, None)
+                self._rebuild()
             return
         raise CorruptObjectError("index segments keep vanishing while loading", location=str(self.dir))
 
