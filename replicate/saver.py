@@ -32,6 +32,8 @@ logger = logging.getLogger("replicate")
 DEFAULT_FRACTION = 8  # default memory budget: 1/8 of RAM ...
 DEFAULT_MIN = 256 * 1024 * 1024  # ... but at least 256 MiB ...
 DEFAULT_MAX = 8 * 1024 * 1024 * 1024  # ... and at most 8 GiB
+PIPELINE_RESERVE = 96 * 1024 * 1024  # the pipeline's working memory, within the budget
+MIN_CAPTURE = 32 * 1024 * 1024
 STAGING_FACTOR = 4  # staged bytes in flight may reach 4x the memory budget
 EXIT_MESSAGE_AFTER = 1.0
 SPARE_BUFFERS = 1  # warm buffers kept ready for the next capture (2 measured worse: more
@@ -79,7 +81,11 @@ class Budget:
     """Bytes of captures in flight: memory and staging, each with a limit."""
 
     def __init__(self, memory: int) -> None:
-        self.memory_limit = memory
+        # The configured budget covers everything saving adds to the process: captures, and
+        # the processing pipeline's own working memory (batches in flight, pack buffers,
+        # about 80 MiB measured), which is set aside first.
+        self.configured = memory
+        self.memory_limit = max(memory - PIPELINE_RESERVE, min(memory, MIN_CAPTURE))
         self.staging_limit = memory * STAGING_FACTOR
         self.memory = 0
         self.staged = 0

@@ -264,12 +264,12 @@ def test_kill_9_at_random_moments_of_background_saving(tmp_path: Path) -> None:
 # up to MAX_INFLIGHT (6) batches of 4 MiB of compressed output, zstd contexts per worker thread
 # and Python objects. A synchronous checkpoint of a 128 MiB file (no capture at all) peaked at
 # 82 MiB above its starting RSS here, a background run with everything staged at 88 MiB.
-PIPELINE_OVERHEAD = 128 * MIB
+SLACK = 32 * MIB
 
 
 def test_peak_memory_stays_within_the_budget(tmp_path: Path) -> None:
     """REPLICATE_MEMORY_BUDGET=256M and six 128 MiB checkpoints back to back: the peak RSS
-    growth stays under budget + PIPELINE_OVERHEAD; captures beyond the budget are staged."""
+    growth stays within the budget (+ a small slack); captures beyond the budget are staged."""
     project = tmp_path / "project"
     project.mkdir()
     proc = subprocess.run(
@@ -284,7 +284,9 @@ def test_peak_memory_stays_within_the_budget(tmp_path: Path) -> None:
           f"{[m // MIB for m in r['memory']]}, staged {[s // MIB for s in r['staged']]}; "
           f"returned after {r['returned_s']:.2f} s, committed after {r['total_s']:.2f} s")
     assert r["budget"] == 256 * MIB
-    assert extra <= r["budget"] + PIPELINE_OVERHEAD, f"{extra / MIB:.0f} MiB over the start"
+    # the budget covers captures and the pipeline's working memory (saver.PIPELINE_RESERVE);
+    # a small allowance remains for the allocator and Python
+    assert extra <= r["budget"] + SLACK, f"{extra / MIB:.0f} MiB over the start"
     # captures beyond the budget went to staging (or waited: back-pressure)
     assert sum(r["staged"]) > 0 or "waiting for memory" in proc.stderr
     assert all(m + s == 128 * MIB for m, s in zip(r["memory"], r["staged"]))

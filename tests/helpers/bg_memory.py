@@ -51,7 +51,7 @@ def main() -> None:
     returned = time.perf_counter() - t0
     exp.wait()
     print(json.dumps({
-        "budget": get_saver().budget.memory_limit,
+        "budget": get_saver().budget.configured,
         "rss_before": before,
         "peak": status("VmHWM"),
         "memory": [j.memory for j in jobs],
