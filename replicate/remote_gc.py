@@ -69,7 +69,7 @@ from replicate.remote_repo import REFS, RemoteRepository, pack_key, parse_ref_ke
 SESSIONS = "sessions/"
 CONDEMNED = "gc/condemned/"
 LEASES = "gc/lease/"
-SESSION_REFRESH_S = 15.0
+SESSION_REFRESH_S = 40.0  # 3 refreshes fit in the TTL; fewer requests per long push
 SESSION_TTL_NS = 120 * 10**9
 SET_MAGIC = b"RPLCOND2"
 COMPACT_SEGMENTS = 32  # more index segments than this: gc compacts them into one
