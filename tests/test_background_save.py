@@ -165,12 +165,13 @@ def test_kill_9_at_random_moments_of_background_saving(tmp_path: Path) -> None:
     t_start = time.monotonic()
     t_kills = 0.0
     while killed < KILLS:
-        assert k < KILLS + 10, f"only {killed} of {k} children were still running at their kill"
+        # On a quiet machine a child may finish before its kill lands: try more children.
+        assert k < KILLS * 4, f"only {killed} of {k} children were still running at their kill"
         # A random moment: right after some line of the loop (the start-up, a capture, a
         # return, the end of the loop), then a random delay into what follows.
         step = rng.randrange(4)
         mark = rng.choice(["I", "B", "R", "R", "R", "R", "E"])
-        delay = rng.uniform(0, 0.4)
+        delay = rng.uniform(0, 0.2)
         child = LoopChild(project, seed + k, KILL_STEPS, tmp_path / f"stderr-{k}.txt")
         try:
             deadline = time.monotonic() + WAIT
