@@ -3,12 +3,12 @@
 The calling thread reads the file in blocks and cuts chunks (pyfastcdc releases the GIL);
 a bounded pool of worker threads hashes and compresses batches of chunks (BLAKE3 and zstd
 release the GIL); one writer thread appends the results, in order, to the transaction's packs
-(packs are sealed with fsync by the transaction's own background thread). Memory stays bounded:
-at most ``MAX_INFLIGHT`` batches are in flight, and read buffers are recycled once every chunk
+(sealed with fsync by the transaction's own background thread). Memory stays bounded: at most
+``MAX_INFLIGHT`` batches are in flight, and read buffers are recycled as soon as every chunk
 cut from them has been hashed and compressed.
 
-Measured costs and choices: docs/performance.md ("Storage engine"). The pool and the writer
-are shared by every ingest in the process; never run an ingest inside them.
+Measured costs and choices: docs/performance.md ("Storage engine"). The pool and the writer are
+shared by every ingest in the process; never run an ingest inside them.
 """
 
 from __future__ import annotations
@@ -22,13 +22,23 @@ from typing import BinaryIO
 
 from replicate.objects import chunker, codec, compress
 from replicate.objects.codec import ChunkRef, File, Segment, SegmentRef
+from replicate.objects.compress import Parts
 from replicate.objects.ids import hash_chunk
 from replicate.objects.store import Transaction
 
 BLOCK = 16 * 1024 * 1024
 BATCH_BYTES = 4 * 1024 * 1024
-MAX_INFLIGHT = 6
+MAX_INFLIGHT = 12
 SMALL_FILE = chunker.MIN_SIZE
+# ingest_file reads into recycled buffers (a block plus the carried-over last chunk): a new
+# zeroed 17 MiB bytearray per block cost 0.2 CPU-seconds per GiB in memset and page faults
+# (fresh memory is slow to touch on a VM). At most KEEP_BUFFERS stay allocated between calls.
+BUFFER_SIZE = BLOCK + chunker.MAX_SIZE
+KEEP_BUFFERS = 4
+
+_buffers_lock = threading.Lock()
+_buffers: list[bytearray] = []
+_malloc_tuned = False
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -53,7 +63,7 @@ def pool() -> ThreadPoolExecutor:
         return _pool
 
 
-Processed = list[tuple[bytes, int, int, bytes | None]]  # (id, raw_len, codec, stored or None)
+Processed = list[tuple[bytes, int, int, Parts | None]]  # (id, raw_len, codec, stored or None)
 
 
 def _process(txn: Transaction, batch: list[memoryview], level: int | None) -> Processed:
@@ -63,8 +73,8 @@ def _process(txn: Transaction, batch: list[memoryview], level: int | None) -> Pr
         if txn.has(oid):
             out.append((oid, len(data), 0, None))
             continue
-        c, stored = compress.compress(data, level)
-        out.append((oid, len(data), c, stored))
+        c, parts, _ = compress.compress_parts(data, level)
+        out.append((oid, len(data), c, parts))
     return out
 
 
@@ -130,16 +140,6 @@ class _Block:
             buf, self.buf = self.buf, None  # type: ignore[assignment]
             if len(_buffers) < KEEP_BUFFERS and len(buf) == BUFFER_SIZE:
                 _buffers.append(buf)
-
-
-# Block buffers are recycled across blocks and calls: fresh memory is slow to touch on a VM
-# (0.38 GB/s here), and a new zeroed 17 MiB bytearray per block costs a memset and page faults.
-# At most KEEP_BUFFERS are kept once a call ends.
-BUFFER_SIZE = BLOCK + chunker.MAX_SIZE
-KEEP_BUFFERS = 4
-_buffers_lock = threading.Lock()
-_buffers: list[bytearray] = []
-_malloc_tuned = False
 
 
 def _new_block() -> _Block:
@@ -209,15 +209,10 @@ def _block_chunks(f: BinaryIO) -> Iterator[tuple[memoryview, _Block]]:
             prev.release()
 
 
-class _Abort:
-    """Set when an ingest fails, so its queued write tasks do nothing."""
-
-    stop = False
-
-
 def _process_batch(
     txn: Transaction, batch: list[memoryview], level: int | None, blocks: list[_Block]
 ) -> Processed:
+    """Hash and compress a batch, then release its read buffers (the results are copies)."""
     try:
         return _process(txn, batch, level)
     finally:
@@ -226,7 +221,14 @@ def _process_batch(
             b.release()
 
 
+class _Abort:
+    """Set when an ingest fails, so its queued write tasks do nothing."""
+
+    stop = False
+
+
 def _write_batch(txn: Transaction, fut: Future[Processed], abort: _Abort) -> list[ChunkRef]:
+    """Append a processed batch to the transaction (on the writer thread, in order)."""
     res = fut.result()
     if abort.stop:
         return []
@@ -244,9 +246,9 @@ _writer_pid = 0
 
 
 def writer() -> ThreadPoolExecutor:
-    """The single thread appending processed batches to packs, in order (recreated after
-    fork). Writing into fresh page-cache pages can stall; off the reading thread, reading,
-    chunking, hashing and compressing go on meanwhile."""
+    """The one thread appending processed batches to packs, in submission order (recreated
+    after fork). Appending copies every stored byte into the page cache; on the reading thread
+    it held up reading and chunking (see docs/performance.md)."""
     global _writer, _writer_pid
     with _writer_lock:
         if _writer is None or _writer_pid != os.getpid():
@@ -259,7 +261,8 @@ def _ingest(
     txn: Transaction, items: Iterable[tuple[memoryview, _Block | None]], level: int | None
 ) -> list[ChunkRef]:
     """The pipeline: batches of chunks are hashed and compressed in the pool, then appended to
-    the transaction by the writer thread in order. At most MAX_INFLIGHT batches are pending."""
+    the transaction by the writer thread, in order. At most MAX_INFLIGHT batches are pending.
+    ``items`` pairs each chunk with the recycled block it lies in (or None)."""
     ex, wr = pool(), writer()
     abort = _Abort()
     refs: list[ChunkRef] = []

@@ -26,6 +26,7 @@ import numpy as np
 from replicate.errors import CorruptObjectError, DoesNotExist
 from replicate.fsutil import fsync_dir
 from replicate.objects import codec, compress, pack
+from replicate.objects.compress import Buffer, Parts
 from replicate.objects.ids import hash_chunk, hash_object
 from replicate.objects.index import RECORD, Index, Location, encode_segment, write_segment
 
@@ -164,9 +165,10 @@ class ObjectStore:
             return None
         from replicate.fsutil import flocked
 
-        with flocked(self.root / "gc.lock", timeout=0) as writers_ok, flocked(
-            self.root / "index.lock", exclusive=True, timeout=0
-        ) as mine:
+        with (
+            flocked(self.root / "gc.lock", timeout=0) as writers_ok,
+            flocked(self.root / "index.lock", exclusive=True, timeout=0) as mine,
+        ):
             if not (writers_ok and mine):
                 return None
             self.index.refresh()
@@ -181,8 +183,7 @@ class ObjectStore:
             recs = recs.copy()
             if len(recs):
                 recs["pack"] = remap[recs["pack"].astype(np.int64)]
-            data = encode_segment([self.index.packs[int(o)] for o in used], recs,
-                                  supersedes=names)
+            data = encode_segment([self.index.packs[int(o)] for o in used], recs, supersedes=names)
             name = write_segment(self.index_dir, data)
             for n in names:
                 if n != name:
@@ -223,14 +224,20 @@ class PackWriter:
         self.size = len(pack.HEADER)
         self.entries: list[pack.PackEntry] = []
 
-    def append(self, oid: bytes, typ: int, stored: bytes | memoryview, raw_len: int,
-               codec_: int) -> None:
-        """Append one entry."""
-        n = len(stored)
-        view = memoryview(stored)
-        while view:
-            w = self.f.write(view)
-            view = view[w:]
+    def append(
+        self, oid: bytes, typ: int, stored: Buffer | Parts, raw_len: int, codec_: int
+    ) -> None:
+        """Append one entry (``stored`` is one buffer or a list written with one writev)."""
+        views = [memoryview(b) for b in (stored if isinstance(stored, list) else [stored])]
+        n = sum(v.nbytes for v in views)
+        fd = self.f.fileno()
+        while views:
+            w = os.writev(fd, views)
+            while views and w >= views[0].nbytes:
+                w -= views[0].nbytes
+                views.pop(0)
+            if views and w:
+                views[0] = views[0].cast("B")[w:]
         self.entries.append(pack.PackEntry(oid, typ, self.size, n, raw_len, codec_))
         self.size += n
 
@@ -284,9 +291,10 @@ class Transaction:
         return oid in self._new or self.store.index.contains(oid)
 
     def put_stored(
-        self, oid: bytes, typ: int, stored: bytes | memoryview, raw_len: int, codec_: int
+        self, oid: bytes, typ: int, stored: Buffer | Parts, raw_len: int, codec_: int
     ) -> bool:
-        """Add pre-encoded bytes (trusted: the caller hashed them). Returns True if new."""
+        """Add pre-encoded bytes (trusted: the caller hashed them), as one buffer or a list of
+        buffers. Returns True if new."""
         if self.has(oid):
             return False
         if typ == codec.CHUNK:
@@ -297,9 +305,10 @@ class Transaction:
             if self._meta is None:
                 self._meta = PackWriter(self.store)
             w = self._meta
+        before = w.size
         w.append(oid, typ, stored, raw_len, codec_)
         self._new.add(oid)
-        self.new_bytes += len(stored)
+        self.new_bytes += w.size - before
         self.new_objects += 1
         if typ == codec.CHUNK and w.size >= DATA_PACK_TARGET:
             self._sealing.append(self._sealer.submit(w.seal))
@@ -313,8 +322,8 @@ class Transaction:
         """Hash, compress and add one chunk. Returns its ID."""
         oid = hash_chunk(data)
         if not self.has(oid):
-            c, stored = compress.compress(data, level)
-            self.put_stored(oid, codec.CHUNK, stored, len(data), c)
+            c, parts, _ = compress.compress_parts(data, level)
+            self.put_stored(oid, codec.CHUNK, parts, len(data), c)
         return oid
 
     def put_object(self, obj: codec.StructuredObject) -> bytes:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 from typing import Any
 
+import numpy as np
 import pytest
 import zstandard
 from hypothesis import given, settings
@@ -155,35 +157,86 @@ def test_file_chunks_edge_sizes(n: int) -> None:
 # --- compression ------------------------------------------------------------------------------
 
 
-def expected_codec(data: bytes, level: int) -> int:
+def expected_codec(data: bytes, level: int | None) -> int:
+    """The policy, restated: text-like or forced level -> zstd; binary with a predictable
+    byte position -> bg4; then raw when the saving is under 3%."""
     if len(data) < 64:
         return compress.RAW
+    binary = level is None and not compress.looks_like_text(data)
+    if binary and len(data) >= compress.BG4_MIN_SIZE and compress.bg4_planes(compress.probe(data)):
+        c, stored = compress.compress(data)
+        ok = len(stored) <= len(data) * (1 - compress.MIN_SAVING)
+        return compress.BG4 if ok else compress.RAW
+    if level is None:
+        level = compress.TEXT_LEVEL if compress.looks_like_text(data) else compress.DATA_LEVEL
     out = zstandard.ZstdCompressor(level=level).compress(data)
     return compress.RAW if len(out) > len(data) * (1 - compress.MIN_SAVING) else compress.ZSTD
+
+
+def floats(seed: int, n: int, scale: float, dtype: str) -> bytes:
+    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(dtype).tobytes()
 
 
 mixed = st.tuples(st.integers(0, 2**32), st.integers(0, 200_000), st.floats(0, 1)).map(
     # A random run followed by zeros: the saving sweeps across the 3% threshold.
     lambda t: random.Random(t[0]).randbytes(int(t[1] * t[2])) + bytes(t[1] - int(t[1] * t[2]))
 )
+# Weights-like arrays of every common float width, cut at any offset (chunks start anywhere).
+weights = st.builds(
+    lambda seed, n, scale, dtype, cut: floats(seed, n, scale, dtype)[cut:],
+    st.integers(0, 2**32), st.integers(1, 60_000), st.sampled_from([1.0, 0.02, 1e4]),
+    st.sampled_from(["float32", "float16", "float64"]), st.integers(0, 7),
+)  # fmt: skip
 
 
 @PROPS
-@given(st.one_of(st.binary(max_size=5000), mixed), st.sampled_from([None, 1, 3]))
+@given(st.one_of(st.binary(max_size=5000), mixed, weights), st.sampled_from([None, 1, 3]))
 def test_compress_round_trip_and_raw_rule(data: bytes, level: int | None) -> None:
     c, stored = compress.compress(data, level)
     assert compress.decompress(c, stored, len(data)) == data
     if c == compress.RAW:
         assert stored == data
     else:
-        assert c == compress.ZSTD
         assert len(stored) <= len(data) * (1 - compress.MIN_SAVING)
-    lvl = (
-        level
-        if level is not None
-        else (compress.TEXT_LEVEL if compress.looks_like_text(data) else compress.DATA_LEVEL)
-    )
-    assert c == expected_codec(data, lvl)
+    assert c == expected_codec(data, level)
+    c2, parts, size = compress.compress_parts(data, level)
+    assert (c2, b"".join(parts), size) == (c, stored, len(stored))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("cut", [0, 1, 2, 3])
+def test_float_weights_are_byte_grouped_and_save_more_than_zstd(dtype: str, cut: int) -> None:
+    """bg4 finds the exponent plane at any alignment and beats zstd-1 on the whole chunk."""
+    data = floats(cut, 300_000, 0.02, dtype)[cut : cut + chunker.AVG_SIZE]
+    c, stored = compress.compress(data)
+    assert c == compress.BG4
+    assert len(stored) < len(zstandard.ZstdCompressor(level=1).compress(data))
+    assert compress.decompress(c, stored, len(data)) == data
+
+
+def test_bg4_layout() -> None:
+    """docs/format.md section 6: mask byte, u32 frame lengths, planes in order, tail."""
+    data = floats(1, 70_000, 1.0, "float32")[:262_147]  # q = 65536 planes bytes, tail 3
+    c, stored = compress.compress(data)
+    q = len(data) // 4
+    assert c == compress.BG4 and stored[0] == 0b1000  # only the exponent plane compressed
+    (n,) = struct.unpack_from("<I", stored, 1)
+    planes = [stored[5 + i * q : 5 + (i + 1) * q] for i in range(3)]
+    assert planes == [data[i : 4 * q : 4] for i in range(3)]
+    frame = stored[5 + 3 * q : 5 + 3 * q + n]
+    assert zstandard.ZstdDecompressor().decompress(frame) == data[3 : 4 * q : 4]
+    assert stored[5 + 3 * q + n :] == data[4 * q :]
+
+
+def test_bg4_rejects_bad_layouts() -> None:
+    data = floats(2, 70_000, 1.0, "float32")
+    c, stored = compress.compress(data)
+    assert c == compress.BG4
+    for bad in (b"", b"\x10" + stored[1:], stored[:-1], stored + b"\0", stored[:3]):
+        with pytest.raises(ValueError):
+            compress.decompress(c, bad, len(data))
+    with pytest.raises(ValueError):
+        compress.decompress(c, stored, len(data) + 4)
 
 
 def test_random_bytes_are_stored_raw() -> None:
@@ -215,10 +268,16 @@ def test_decompress_rejects_wrong_length_and_codec() -> None:
 @settings(deadline=None, derandomize=True, max_examples=60)
 @given(st.integers(0, 2**32), st.data())
 def test_decompress_of_damaged_frames_raises_value_error(seed: int, data: Any) -> None:
-    """Flips anywhere in a zstd frame: bytes of the right length or ValueError, nothing else."""
-    raw = (f"seed {seed} ".encode() * 500)[: 4000 + seed % 1000]
-    c, stored = compress.compress(raw, compress.TEXT_LEVEL)
-    assert c == compress.ZSTD
+    """Flips anywhere in a zstd or bg4 entry: bytes of the right length or ValueError, nothing
+    else."""
+    if seed % 2:
+        raw = (f"seed {seed} ".encode() * 500)[: 4000 + seed % 1000]
+        c, stored = compress.compress(raw, compress.TEXT_LEVEL)
+        assert c == compress.ZSTD
+    else:
+        raw = floats(seed, 5000 + seed % 1000, 1.0, "float32")[seed % 4 :]
+        c, stored = compress.compress(raw)
+        assert c == compress.BG4
     for _ in range(10):
         i = data.draw(st.integers(0, len(stored) - 1))
         bad = bytearray(stored)

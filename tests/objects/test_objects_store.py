@@ -32,6 +32,11 @@ def text(n: int, seed: int) -> bytes:
     return (line * (n // len(line) + 1))[:n]
 
 
+def floats(n: int, seed: int) -> bytes:
+    """Like fp32 weights: random normal float32 (n bytes, n a multiple of 4)."""
+    return np.random.default_rng(seed).standard_normal(n // 4, dtype=np.float32).tobytes()
+
+
 def index_files(root: Path) -> list[Path]:
     return sorted((root / "index").glob("*.idx"))
 
@@ -313,7 +318,8 @@ def test_segments_survive_an_insertion(repo: Repository) -> None:
 
 # --- FileReader -----------------------------------------------------------------------------------
 
-BIG = rand(2_000_000, 8) + text(1_500_000, 8) + rand(1_700_000, 9)  # ~5 MB: raw and zstd chunks
+# ~6 MB: raw, zstd and bg4-zstd chunks
+BIG = rand(2_000_000, 8) + text(1_500_000, 8) + floats(1_200_000, 3) + rand(1_700_000, 9)
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +336,7 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[ObjectStore, Fil
     stored = reader.read_file_object(s, fid)
     assert stored == f and len(f.chunks) > 10
     codecs = {s.locate(c.id).codec for c in f.chunks}
-    assert codecs == {compress.RAW, compress.ZSTD}
+    assert codecs == {compress.RAW, compress.ZSTD, compress.BG4}
     return s, f
 
 
@@ -435,10 +441,12 @@ def test_rebuild_index_recovers_from_a_damaged_segment(repo: Repository, flip: A
 
 @pytest.fixture
 def packed(repo: Repository) -> tuple[Repository, dict[bytes, bytes]]:
-    """A repository holding raw and zstd chunks and structured objects; returns oid -> raw."""
+    """A repository holding raw, zstd and bg4 chunks and structured objects; returns
+    oid -> raw."""
     raw: dict[bytes, bytes] = {}
     with repo.objects.transaction() as txn:
-        for d in (rand(150_000, 11), text(30_000, 12), b"short chunk", rand(70_000, 13)):
+        chunks = (rand(150_000, 11), text(30_000, 12), b"short chunk", rand(70_000, 13))
+        for d in (*chunks, floats(40_000, 14)):
             raw[txn.put_chunk(d)] = d
         objs = [
             File(11, (ChunkRef(hash_chunk(b"short chunk"), 11),)),
@@ -453,7 +461,7 @@ def packed(repo: Repository) -> tuple[Repository, dict[bytes, bytes]]:
         for o in objs:
             raw[txn.put_object(o)] = codec.encode(o)
     codecs = {repo.objects.locate(o).codec for o in raw}
-    assert codecs == {compress.RAW, compress.ZSTD}
+    assert codecs == {compress.RAW, compress.ZSTD, compress.BG4}
     return repo, raw
 
 
@@ -622,12 +630,12 @@ def test_missing_pack_is_corrupt(packed: tuple[Repository, dict[bytes, bytes]]) 
 
 
 def test_index_segment_damage(packed: tuple[Repository, dict[bytes, bytes]]) -> None:
-    repo, _ = packed
+    repo, raw = packed
     (seg,) = index_files(repo.root)
     data = seg.read_bytes()
     name = seg.name[:-4]
     good = index.decode_segment(name, data)
-    assert len(good.records) == 7 and len(good.packs) == 2
+    assert len(good.records) == len(raw) and len(good.packs) == 2
     for n in range(len(data)):
         with pytest.raises(CorruptObjectError):
             index.decode_segment(name, data[:n])
