@@ -90,7 +90,7 @@ def test_rm_then_gc_frees_the_experiments_unique_bytes(two_experiments: dict) ->
     project = t["project"]
     repo = repo_of(project)
     unique = unique_stored_bytes(repo.objects, local_heads(repo), bytes.fromhex(t["b"]))
-    assert unique >= 0.9 * 4 * MiB  # float32 weights: zstd saves ~8%
+    assert unique >= 0.8 * 4 * MiB  # float32 weights: bg4-zstd saves ~17%
     before = packs_bytes(project / ".replicate")
     assert run_cli("rm", "-f", t["b"], cwd=project).code == 0
     res = gc_json("--grace", "0", cwd=project)
@@ -122,7 +122,7 @@ def test_dry_run_changes_nothing_and_reports_what_a_real_run_frees(two_experimen
     state = tree_state(root)
     dry = gc_json("--grace", "0", "--dry-run", cwd=project)
     assert tree_state(root) == state, "a dry run changed the repository"
-    assert dry["dry_run"] is True and dry["bytes_freed"] > 3.5 * MiB
+    assert dry["dry_run"] is True and dry["bytes_freed"] > 3.2 * MiB  # 4 MiB of fp32, -17%
     before = packs_bytes(root)
     real = gc_json("--grace", "0", cwd=project)
     assert real["bytes_freed"] == dry["bytes_freed"]
@@ -256,7 +256,7 @@ def test_rm_of_a_checkpoint_frees_its_files_and_keeps_its_metrics(tmp_path: Path
     # what the tombstone makes garbage: the checkpoint's files, unique to it
     unique = garbage_bytes(repo.objects, heads, heads,
                            tombstones_after=frozenset({bytes.fromhex(c0)}))
-    assert unique >= 0.9 * 4 * MiB
+    assert unique >= 0.8 * 4 * MiB  # fp32: bg4-zstd saves ~17%
     before = packs_bytes(project / ".replicate")
     r = run_cli("rm", "-f", c0, cwd=project)
     assert r.code == 0, r

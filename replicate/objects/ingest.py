@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
+from replicate.appendfile import give_buffer, take_buffer
 from replicate.objects import chunker, codec, compress
 from replicate.objects.codec import ChunkRef, File, Segment, SegmentRef
-from replicate.objects.compress import Parts
 from replicate.objects.ids import hash_chunk
-from replicate.objects.store import Transaction
+from replicate.objects.store import EncodedSegment, Transaction
 
 BLOCK = 16 * 1024 * 1024
 BATCH_BYTES = 4 * 1024 * 1024
-MAX_INFLIGHT = 12
+MAX_INFLIGHT = 6
 SMALL_FILE = chunker.MIN_SIZE
 # ingest_file reads into recycled buffers (a block plus the carried-over last chunk): a new
 # zeroed 17 MiB bytearray per block cost 0.2 CPU-seconds per GiB in memset and page faults
@@ -63,19 +63,39 @@ def pool() -> ThreadPoolExecutor:
         return _pool
 
 
-Processed = list[tuple[bytes, int, int, Parts | None]]  # (id, raw_len, codec, stored or None)
+# A batch's chunk refs, and its new chunks encoded into one pack write buffer (or None).
+Processed = tuple[list[ChunkRef], EncodedSegment | None]
+# A batch's write buffer holds all its chunks, each grown by up to ENCODE_SLACK. One size
+# (a batch closes at BATCH_BYTES, with a last chunk of up to MAX_SIZE) lets buffers be reused.
+SEGMENT_BUFFER = BATCH_BYTES + chunker.MAX_SIZE + 128 * compress.ENCODE_SLACK
 
 
 def _process(txn: Transaction, batch: list[memoryview], level: int | None) -> Processed:
-    out: Processed = []
-    for data in batch:
-        oid = hash_chunk(data)
-        if txn.has(oid):
-            out.append((oid, len(data), 0, None))
-            continue
-        c, parts, _ = compress.compress_parts(data, level)
-        out.append((oid, len(data), c, parts))
-    return out
+    """Hash every chunk; encode the new ones back to back into a pack write buffer (bg4
+    planes are transposed straight into it: no further copy before the disk)."""
+    refs: list[ChunkRef] = []
+    entries: list[tuple[bytes, int, int, int, int]] = []
+    seen: set[bytes] = set()
+    need = sum(len(d) for d in batch) + compress.ENCODE_SLACK * len(batch)
+    buf = take_buffer(max(need, SEGMENT_BUFFER))
+    pos = 0
+    try:
+        for data in batch:
+            oid = hash_chunk(data)
+            refs.append(ChunkRef(oid, len(data)))
+            if oid in seen or txn.has(oid):
+                continue
+            seen.add(oid)
+            c, n = compress.encode_into(data, buf[pos:], level)
+            entries.append((oid, pos, n, len(data), c))
+            pos += n
+    except BaseException:
+        give_buffer(buf)
+        raise
+    if not entries:
+        give_buffer(buf)
+        return refs, None
+    return refs, EncodedSegment(buf, pos, entries)
 
 
 def file_chunks(f: BinaryIO, block: int = BLOCK) -> Iterator[memoryview]:
@@ -229,14 +249,13 @@ class _Abort:
 
 def _write_batch(txn: Transaction, fut: Future[Processed], abort: _Abort) -> list[ChunkRef]:
     """Append a processed batch to the transaction (on the writer thread, in order)."""
-    res = fut.result()
+    refs, seg = fut.result()
     if abort.stop:
+        if seg is not None:
+            give_buffer(seg.buf)
         return []
-    refs = []
-    for oid, raw_len, c, stored in res:
-        if stored is not None:
-            txn.put_stored(oid, codec.CHUNK, stored, raw_len, c)
-        refs.append(ChunkRef(oid, raw_len))
+    if seg is not None:
+        txn.put_segment(seg)
     return refs
 
 

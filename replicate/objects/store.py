@@ -18,11 +18,13 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
+from replicate.appendfile import AppendFile, give_buffer
 from replicate.errors import CorruptObjectError, DoesNotExist
 from replicate.fsutil import fsync_dir
 from replicate.objects import codec, compress, pack
@@ -209,44 +211,57 @@ class ObjectStore:
             pass
 
 
+@dataclass
+class EncodedSegment:
+    """Chunks encoded back to back into ``buf[:size]`` (a buffer from appendfile.take_buffer);
+    ``entries``: (id, offset in buf, stored length, raw length, codec)."""
+
+    buf: np.ndarray
+    size: int
+    entries: list[tuple[bytes, int, int, int, int]]
+
+
 class PackWriter:
     """Appends stored entries to a temp pack file; :meth:`seal` makes it a durable pack of the
     store, :meth:`finish` a complete pack file left in the temp directory (for uploads)."""
 
-    def __init__(self, store: ObjectStore | None, tmp_dir: Path | None = None) -> None:
+    def __init__(
+        self, store: ObjectStore | None, tmp_dir: Path | None = None, direct: bool = False
+    ) -> None:
+        """``direct``: bypass the page cache where possible (see replicate.appendfile): for
+        the big data packs of new checkpoints, which nothing reads back soon."""
         self.store = store
         d = tmp_dir if tmp_dir is not None else store.tmp_dir if store is not None else None
         assert d is not None
         d.mkdir(parents=True, exist_ok=True)
         self.tmp = d / f"pack-{os.getpid()}-{secrets.token_hex(8)}.tmp"
-        self.f = open(self.tmp, "xb", buffering=0)
-        self.f.write(pack.HEADER)
+        self.f = AppendFile(self.tmp, direct=direct)
+        self.f.write([pack.HEADER])
         self.size = len(pack.HEADER)
         self.entries: list[pack.PackEntry] = []
 
     def append(
         self, oid: bytes, typ: int, stored: Buffer | Parts, raw_len: int, codec_: int
     ) -> None:
-        """Append one entry (``stored`` is one buffer or a list written with one writev)."""
-        views = [memoryview(b) for b in (stored if isinstance(stored, list) else [stored])]
-        n = sum(v.nbytes for v in views)
-        fd = self.f.fileno()
-        while views:
-            w = os.writev(fd, views)
-            while views and w >= views[0].nbytes:
-                w -= views[0].nbytes
-                views.pop(0)
-            if views and w:
-                views[0] = views[0].cast("B")[w:]
+        """Append one entry (``stored`` is one buffer or a list of buffers)."""
+        self.f.write(stored if isinstance(stored, list) else [stored])
+        n = self.f.size - self.size
         self.entries.append(pack.PackEntry(oid, typ, self.size, n, raw_len, codec_))
         self.size += n
+
+    def append_segment(self, seg: EncodedSegment, keep: list[bool]) -> None:
+        """Append a buffer of encoded chunks in one write (the buffer is taken over); index
+        the entries marked in ``keep`` (the others are duplicates: dead bytes for gc)."""
+        base = self.f.write_buffer(seg.buf, seg.size)
+        for (oid, off, slen, rlen, c), k in zip(seg.entries, keep):
+            if k:
+                self.entries.append(pack.PackEntry(oid, codec.CHUNK, base + off, slen, rlen, c))
+        self.size = self.f.size
 
     def finish(self) -> tuple[bytes, list[pack.PackEntry], Path]:
         """Write footer and trailer and fsync. Returns (pack id, entries, temp path)."""
         footer = pack.encode_footer(self.entries, secrets.token_bytes(16), time.time_ns())
-        self.f.write(footer)
-        self.f.write(pack.encode_trailer(footer))
-        os.fsync(self.f.fileno())
+        self.f.write([footer, pack.encode_trailer(footer)])
         self.f.close()
         return pack.pack_id_of_footer(footer), self.entries, self.tmp
 
@@ -263,7 +278,7 @@ class PackWriter:
     def discard(self) -> None:
         """Drop the temp file."""
         try:
-            self.f.close()
+            self.f.abandon()
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -282,7 +297,7 @@ class Transaction:
         self._meta: PackWriter | None = None
         self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicate-seal")
         self._sealing: list[Future[tuple[bytes, list[pack.PackEntry]]]] = []
-        self.new_bytes = 0  # stored bytes written
+        self.new_bytes = 0  # stored bytes of the new objects (pack padding not counted)
         self.new_objects = 0
         self.closed = False
 
@@ -299,7 +314,7 @@ class Transaction:
             return False
         if typ == codec.CHUNK:
             if self._data is None:
-                self._data = PackWriter(self.store)
+                self._data = PackWriter(self.store, direct=True)
             w = self._data
         else:
             if self._meta is None:
@@ -317,6 +332,27 @@ class Transaction:
             self._sealing.append(self._sealer.submit(w.seal))
             self._meta = None
         return True
+
+    def put_segment(self, seg: EncodedSegment) -> None:
+        """Add chunks encoded back to back into one buffer (see ingest); the buffer is taken
+        over. Chunks stored meanwhile by another batch are not indexed twice."""
+        keep: list[bool] = []
+        for oid, *_ in seg.entries:
+            keep.append(not self.has(oid))
+            if keep[-1]:
+                self._new.add(oid)
+        if not any(keep):
+            give_buffer(seg.buf)
+            return
+        if self._data is None:
+            self._data = PackWriter(self.store, direct=True)
+        w = self._data
+        w.append_segment(seg, keep)
+        self.new_objects += sum(keep)
+        self.new_bytes += sum(e[2] for e, k in zip(seg.entries, keep) if k)
+        if w.size >= DATA_PACK_TARGET:
+            self._sealing.append(self._sealer.submit(w.seal))
+            self._data = None
 
     def put_chunk(self, data: bytes | memoryview, level: int | None = None) -> bytes:
         """Hash, compress and add one chunk. Returns its ID."""
