@@ -173,7 +173,7 @@ def _bg4_into(data: Buffer, planes_mask: int, out: np.ndarray) -> int | None:
             frame = comp.compress(planes[k])
             if len(frame) >= q:
                 return None
-            out[cur : cur + len(frame)] = np.frombuffer(frame, np.uint8)
+            out.data[cur : cur + len(frame)] = frame
             lens.append(len(frame))
             cur += len(frame)
         else:
@@ -182,7 +182,7 @@ def _bg4_into(data: Buffer, planes_mask: int, out: np.ndarray) -> int | None:
             cur += q
     struct.pack_into(f"<B{nc}I", out.data, 0, planes_mask, *lens)
     if t:
-        out[cur : cur + t] = np.frombuffer(data, np.uint8, offset=4 * q)
+        out.data[cur : cur + t] = memoryview(data)[4 * q :]
     return cur + t
 
 
@@ -256,30 +256,42 @@ def compress_parts(data: Buffer, level: int | None = None) -> tuple[int, Parts, 
     return ZSTD, [out], len(out)
 
 
-def encode_into(data: Buffer, out: np.ndarray, level: int | None = None) -> tuple[int, int]:
+def encode_into(
+    data: Buffer, out: np.ndarray, level: int | None = None, planes: int | None = None
+) -> tuple[int, int, int | None]:
     """As :func:`compress_parts`, writing the stored bytes to ``out`` (a uint8 array of at
-    least ``len(data) + ENCODE_SLACK`` bytes). Returns (codec, stored length). This saves the
-    ingest pipeline a copy: bg4 planes are transposed straight into the pack write buffer."""
+    least ``len(data) + ENCODE_SLACK`` bytes): this saves the ingest pipeline a copy, as bg4
+    planes are transposed straight into the pack write buffer. ``planes``: the bg4 plane mask
+    to use instead of probing (the caller knows the neighbouring chunk's).
+
+    Returns (codec, stored length, bg4 plane mask used), the mask None when none was
+    considered (text, small chunk or a forced level)."""
     np = _numpy()
     n = len(data)
-    if level is None and n >= BG4_MIN_SIZE and not looks_like_text(data):
-        mask = bg4_planes(probe(data))
-        if mask:
-            size = _bg4_into(data, mask, out)
-            if size is None:
-                parts, size = _bg4_parts(data, mask)
-                np.copyto(out[:size], np.frombuffer(b"".join(parts), np.uint8))
-            if size <= n * (1.0 - MIN_SAVING):
-                return BG4, size
-            out[:n] = np.frombuffer(data, np.uint8)
-            return RAW, n
+    mask: int | None = None
+    if level is None:
+        if looks_like_text(data):
+            level = TEXT_LEVEL
+        else:
+            level = DATA_LEVEL
+            if n >= BG4_MIN_SIZE:
+                mask = bg4_planes(probe(data)) if planes is None else planes
+    if mask:
+        size = _bg4_into(data, mask, out)
+        if size is None:
+            parts, size = _bg4_parts(data, mask)
+            out.data[:size] = b"".join(parts)
+        if size <= n * (1.0 - MIN_SAVING):
+            return BG4, size, mask
+        out.data[:n] = data
+        return RAW, n, mask
     c, parts, size = compress_parts(data, level)
     pos = 0
     for p in parts:
         m = memoryview(p).nbytes
         out[pos : pos + m] = np.frombuffer(p, np.uint8)
         pos += m
-    return c, size
+    return c, size, mask
 
 
 def compress(data: Buffer, level: int | None = None) -> tuple[int, bytes]:

@@ -72,23 +72,39 @@ SEGMENT_BUFFER = BATCH_BYTES + chunker.MAX_SIZE + 128 * compress.ENCODE_SLACK
 
 def _process(txn: Transaction, batch: list[memoryview], level: int | None) -> Processed:
     """Hash every chunk; encode the new ones back to back into a pack write buffer (bg4
-    planes are transposed straight into it: no further copy before the disk)."""
+    planes are transposed straight into it: no further copy before the disk).
+
+    The chunks of a batch are consecutive bytes of one file, so the bg4 probe's verdict
+    carries over from chunk to chunk (its planes shifted by each chunk's offset): it is
+    taken again every PROBE_EVERY chunks, and after a verdict that did not pay."""
     refs: list[ChunkRef] = []
     entries: list[tuple[bytes, int, int, int, int]] = []
     seen: set[bytes] = set()
     need = sum(len(d) for d in batch) + compress.ENCODE_SLACK * len(batch)
     buf = take_buffer(max(need, SEGMENT_BUFFER))
     pos = 0
+    offset = 0  # of the chunk in the batch
+    phases: int | None = None  # the last verdict, as a mask of byte offsets mod 4 in the batch
+    since = 0
     try:
         for data in batch:
             oid = hash_chunk(data)
             refs.append(ChunkRef(oid, len(data)))
-            if oid in seen or txn.has(oid):
-                continue
-            seen.add(oid)
-            c, n = compress.encode_into(data, buf[pos:], level)
-            entries.append((oid, pos, n, len(data), c))
-            pos += n
+            if oid not in seen and not txn.has(oid):
+                seen.add(oid)
+                hint = None
+                if phases is not None and since < PROBE_EVERY:
+                    hint = _rotate(phases, offset)
+                c, n, used = compress.encode_into(data, buf[pos:], level, hint)
+                if used is not None:
+                    if hint is None:
+                        phases, since = _rotate(used, -offset), 0
+                    elif used and c != compress.BG4:
+                        phases = None
+                    since += 1
+                entries.append((oid, pos, n, len(data), c))
+                pos += n
+            offset += len(data)
     except BaseException:
         give_buffer(buf)
         raise
@@ -96,6 +112,15 @@ def _process(txn: Transaction, batch: list[memoryview], level: int | None) -> Pr
         give_buffer(buf)
         return refs, None
     return refs, EncodedSegment(buf, pos, entries)
+
+
+PROBE_EVERY = 8
+
+
+def _rotate(mask: int, shift: int) -> int:
+    """Plane k of ``mask`` becomes plane (k - shift) mod 4: from batch phases to the planes
+    of a chunk starting ``shift`` bytes in (and back, with -shift)."""
+    return sum(1 << ((k - shift) % 4) for k in range(4) if mask >> k & 1)
 
 
 def file_chunks(f: BinaryIO, block: int = BLOCK) -> Iterator[memoryview]:
