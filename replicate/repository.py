@@ -43,7 +43,7 @@ def repository_config() -> dict[str, object]:
         "version": FORMAT_VERSION,
         "hash": "blake3-256",
         "chunker": chunker.PARAMS,
-        "compression": {"codecs": ["raw", "zstd"], "data_level": 1, "text_level": 3},
+        "compression": {"codecs": ["raw", "zstd", "bg4-zstd"], "data_level": 1, "text_level": 3},
         "pack": {"data_target": 64 * 1024 * 1024},
     }
 

@@ -115,7 +115,7 @@ def test_rm_then_gc_frees_unique_bytes_locally_and_on_s3(s3_url: str, tmp_path: 
     remote_unique = unique_stored_bytes(rr.objects, remote_heads_of(rr),
                                         bytes.fromhex(drop["experiment"]))
     rr.close()
-    assert min(local_unique, remote_unique) >= 0.9 * 256 * MiB, (local_unique, remote_unique)
+    assert min(local_unique, remote_unique) >= 0.8 * 256 * MiB, (local_unique, remote_unique)
 
     assert run_cli("rm", "-f", drop["experiment"], cwd=project, env=env).code == 0
     r = run_cli("push", url, cwd=project, env=env, timeout=300)  # propagates the deletion
@@ -272,7 +272,7 @@ def test_a_running_push_holds_back_the_sweep_and_a_new_copy_survives_it(gone_exp
     assert len(new_packs) == 1, "the push must upload a new copy of a condemned object"
     # 3. gc sweeps the old set: A's copies go, B's new (still unreferenced) copy stays
     res = gc_remote(url, cache, grace_ns=0)
-    assert res.errors == [] and res.removed_objects >= 4 and res.bytes_freed >= 1.8 * MiB, res
+    assert res.errors == [] and res.removed_objects >= 4 and res.bytes_freed >= 1.6 * MiB, res
     assert res.waiting_sets == 1, res  # B's copies, condemned now, wait for B's push
     assert copies(url, cache, chunk) == new_packs
     # 4. B's push commits; gc after it keeps B
@@ -406,7 +406,7 @@ def test_dry_run_changes_nothing_and_reports_what_a_real_run_frees(gone_experime
     listing = bucket_listing(url)
     dry = gc_remote(url, cache, grace_ns=0, dry_run=True)
     assert bucket_listing(url) == listing
-    assert dry.removed_objects >= 4 and dry.bytes_freed >= 1.8 * MiB, dry
+    assert dry.removed_objects >= 4 and dry.bytes_freed >= 1.6 * MiB, dry
     before = bucket_bytes(url)
     res = gc_remote(url, cache, grace_ns=0)
     assert res.bytes_freed == dry.bytes_freed == before - bucket_bytes(url), (dry, res)
@@ -582,5 +582,5 @@ def test_with_a_grace_period_garbage_goes_once_it_is_old_enough(gone_experiment:
     before = bucket_bytes(url)
     res = gc_remote(url, cache, grace_ns=24 * hour, now_ns=time.time_ns() + 50 * hour)
     assert res.removed_objects >= 4 and res.waiting_sets == 0, res
-    assert before - bucket_bytes(url) == res.bytes_freed >= 1.8 * MiB
+    assert before - bucket_bytes(url) == res.bytes_freed >= 1.6 * MiB
     assert remote_problems(url, cache / "check") == []

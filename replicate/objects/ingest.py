@@ -74,9 +74,10 @@ def _process(txn: Transaction, batch: list[memoryview], level: int | None) -> Pr
     """Hash every chunk; encode the new ones back to back into a pack write buffer (bg4
     planes are transposed straight into it: no further copy before the disk).
 
-    The chunks of a batch are consecutive bytes of one file, so the bg4 probe's verdict
-    carries over from chunk to chunk (its planes shifted by each chunk's offset): it is
-    taken again every PROBE_EVERY chunks, and after a verdict that did not pay."""
+    The chunks of a batch are consecutive bytes of one file, so a bg4 verdict of the probe
+    carries over from chunk to chunk (its planes shifted by each chunk's offset): the probe
+    runs again every PROBE_EVERY chunks, after a verdict that did not pay, and on every
+    chunk while it finds no structure."""
     refs: list[ChunkRef] = []
     entries: list[tuple[bytes, int, int, int, int]] = []
     seen: set[bytes] = set()
@@ -97,9 +98,9 @@ def _process(txn: Transaction, batch: list[memoryview], level: int | None) -> Pr
                     hint = _rotate(phases, offset)
                 c, n, used = compress.encode_into(data, buf[pos:], level, hint)
                 if used is not None:
-                    if hint is None:
-                        phases, since = _rotate(used, -offset), 0
-                    elif used and c != compress.BG4:
+                    if hint is None:  # probed: carry a verdict for bg4 only
+                        phases, since = (_rotate(used, -offset), 0) if used else (None, 0)
+                    elif c != compress.BG4:
                         phases = None
                     since += 1
                 entries.append((oid, pos, n, len(data), c))

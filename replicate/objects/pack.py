@@ -3,7 +3,8 @@
 A pack is self-describing, so the index can always be rebuilt from packs alone::
 
     header   8 bytes   b"RPLPACK1"
-    entries  ...       stored bytes of each object, back to back (raw or zstd)
+    entries  ...       stored bytes of each object, in order (raw, zstd or bg4-zstd); zero
+                       padding may separate them (direct-I/O data packs align batches)
     footer   F bytes   zstd(msgpack([1, nonce(16 B), created_ns, [[id, type, offset,
                                      stored_len, raw_len, codec], ...]]))
     trailer  48 bytes  footer_len (u64 LE) | BLAKE3-256(footer) | b"RPLPEND1"
