@@ -201,6 +201,9 @@ def test_compress_round_trip_and_raw_rule(data: bytes, level: int | None) -> Non
     assert c == expected_codec(data, level)
     c2, parts, size = compress.compress_parts(data, level)
     assert (c2, b"".join(parts), size) == (c, stored, len(stored))
+    out = np.full(len(data) + compress.ENCODE_SLACK, 0xAA, np.uint8)
+    c3, n, _ = compress.encode_into(data, out, level)
+    assert (c3, out[:n].tobytes()) == (c, stored)  # the pipeline's in-place encoder agrees
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
@@ -300,3 +303,19 @@ def test_decompress_of_frame_with_flipped_size_flag_raises_value_error(mask: int
     bad[4] ^= mask  # Frame_Header_Descriptor bits 6-7: the size of Frame_Content_Size
     with pytest.raises(ValueError):
         compress.decompress(c, bytes(bad), len(raw))
+
+
+@pytest.mark.parametrize("mask", range(16))
+@pytest.mark.parametrize("kind", ["fp32", "random", "zeros"])
+def test_encode_into_with_any_plane_hint_round_trips(mask: int, kind: str) -> None:
+    """A hint carried over from a neighbouring chunk may be wrong: never the bytes."""
+    data = {
+        "fp32": floats(mask, 30_000, 1.0, "float32")[1:],
+        "random": random.Random(mask).randbytes(100_003),
+        "zeros": bytes(70_001),
+    }[kind]
+    out = np.zeros(len(data) + compress.ENCODE_SLACK, np.uint8)
+    c, n, used = compress.encode_into(data, out, None, mask)
+    assert used == mask
+    assert compress.decompress(c, out[:n].tobytes(), len(data)) == data
+    assert n <= len(data)
