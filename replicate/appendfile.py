@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from replicate.threads import Shared
+
 # 4 KiB satisfies every logical block size in practice (512 or 4096); mmap-backed buffers are
 # page-aligned, which satisfies the memory alignment.
 ALIGN = 4096
@@ -251,19 +253,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-_io_lock = threading.Lock()
-_io_pool: ThreadPoolExecutor | None = None
-_io_pid = 0
+_IO = Shared("replicate-io", 1)  # the thread doing direct writes for every AppendFile
 
 
 def _io() -> ThreadPoolExecutor:
-    """The thread doing direct writes for every AppendFile (recreated after fork)."""
-    global _io_pool, _io_pid
-    with _io_lock:
-        if _io_pool is None or _io_pid != os.getpid():
-            _io_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicate-io")
-            _io_pid = os.getpid()
-        return _io_pool
+    return _IO.get()
 
 
 __all__ = ["ALIGN", "AppendFile", "give_buffer", "round_up", "take_buffer"]

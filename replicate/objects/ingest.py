@@ -25,6 +25,7 @@ from replicate.objects import chunker, codec, compress
 from replicate.objects.codec import ChunkRef, File, Segment, SegmentRef
 from replicate.objects.ids import hash_chunk
 from replicate.objects.store import EncodedSegment, Transaction
+from replicate.threads import Shared
 
 BLOCK = 16 * 1024 * 1024
 BATCH_BYTES = 4 * 1024 * 1024
@@ -40,11 +41,6 @@ _buffers_lock = threading.Lock()
 _buffers: list[bytearray] = []
 _malloc_tuned = False
 
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-
-
 def workers() -> int:
     """Worker threads for hashing and compression (all cores, at least 2)."""
     env = os.environ.get("REPLICATE_THREADS")
@@ -53,14 +49,12 @@ def workers() -> int:
     return max(2, os.cpu_count() or 2)
 
 
+_POOL = Shared("replicate-cpu", workers)
+
+
 def pool() -> ThreadPoolExecutor:
     """The shared worker pool (recreated after fork)."""
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="replicate-cpu")
-            _pool_pid = os.getpid()
-        return _pool
+    return _POOL.get()
 
 
 # A batch's chunk refs, and its new chunks encoded into one pack write buffer (or None).
@@ -285,21 +279,14 @@ def _write_batch(txn: Transaction, fut: Future[Processed], abort: _Abort) -> lis
     return refs
 
 
-_writer_lock = threading.Lock()
-_writer: ThreadPoolExecutor | None = None
-_writer_pid = 0
+_WRITER = Shared("replicate-write", 1)
 
 
 def writer() -> ThreadPoolExecutor:
-    """The one thread appending processed batches to packs, in submission order (recreated
-    after fork). Appending copies every stored byte into the page cache; on the reading thread
-    it held up reading and chunking (see docs/performance.md)."""
-    global _writer, _writer_pid
-    with _writer_lock:
-        if _writer is None or _writer_pid != os.getpid():
-            _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replicate-write")
-            _writer_pid = os.getpid()
-        return _writer
+    """The one thread appending encoded batches to packs, in submission order (recreated after
+    fork): a write may wait for the disk, and on the reading thread it would hold up reading
+    and chunking."""
+    return _WRITER.get()
 
 
 def _ingest(
