@@ -33,7 +33,7 @@ from replicate.errors import CorruptObjectError, RefConflict
 from replicate.fsutil import flocked, fsync_dir, write_atomic
 from replicate.objects import codec, pack
 from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
-from replicate.objects.index import RECORD, Location, encode_segment, write_segment
+from replicate.objects.index import Location, encode_segment, records_of, write_segment
 from replicate.objects.store import DATA_PACK_TARGET, META_PACK_TARGET, ObjectStore, PackWriter
 from replicate.query import Summary, summarize
 from replicate.remote_repo import RemoteRepository, cache_key, pack_key
@@ -147,18 +147,6 @@ def _pack_totals(store: ObjectStore) -> dict[bytes, int]:
     return totals
 
 
-def _records(entries: list[tuple[bytes, list[pack.PackEntry]]]) -> tuple[list[bytes], np.ndarray]:
-    packs = [p for p, _ in entries]
-    n = sum(len(e) for _, e in entries)
-    recs = np.zeros(n, dtype=RECORD)
-    i = 0
-    for pno, (_p, ents) in enumerate(entries):
-        for e in ents:
-            recs[i] = (e.id, pno, e.offset, e.stored_len, e.raw_len, e.codec, e.type, b"\0\0")
-            i += 1
-    return packs, recs
-
-
 def _entries_of_local_pack(store: ObjectStore, pack_id: bytes) -> list[pack.PackEntry]:
     from replicate.fsck import read_pack_entries
 
@@ -235,7 +223,7 @@ def open_remote_repo(repo: Repository, url: str, base: Path | None = None) -> Re
 
 def _write_remote_segment(rrepo: RemoteRepository,
                           entries: list[tuple[bytes, list[pack.PackEntry]]]) -> None:
-    packs, recs = _records(entries)
+    packs, recs = records_of(entries)
     data = encode_segment(packs, recs)
     import blake3
 
@@ -600,7 +588,7 @@ def _pull_locked(repo: Repository, rrepo: RemoteRepository, missing: dict[bytes,
     if entries:
         from replicate.objects.index import encode_segment as enc
 
-        packs, recs = _records(entries)
+        packs, recs = records_of(entries)
         name = write_segment(repo.objects.index_dir, enc(packs, recs))
         repo.objects.index.add_local(packs, recs, name)
     journal.clear()

@@ -28,6 +28,7 @@ import numpy as np
 
 from replicate.errors import CorruptObjectError
 from replicate.fsutil import write_atomic
+from replicate.objects.pack import PackEntry
 
 MAGIC = b"RPLIDX01"
 RECORD = np.dtype(
@@ -65,6 +66,19 @@ class SegmentData:
     packs: list[bytes]
     supersedes: list[str]
     records: np.ndarray  # RECORD, sorted by id
+
+
+def records_of(sealed: list[tuple[bytes, list[PackEntry]]]) -> tuple[list[bytes], np.ndarray]:
+    """The pack list and index records for packs just written: ``sealed`` pairs each pack ID
+    with its entries (pack numbers are positions in the returned list)."""
+    packs = [pid for pid, _ in sealed]
+    recs = np.zeros(sum(len(e) for _, e in sealed), dtype=RECORD)
+    i = 0
+    for pno, (_, entries) in enumerate(sealed):
+        for e in entries:
+            recs[i] = (e.id, pno, e.offset, e.stored_len, e.raw_len, e.codec, e.type, b"\0\0")
+            i += 1
+    return packs, recs
 
 
 def encode_segment(

@@ -30,7 +30,13 @@ from replicate.fsutil import fsync_dir
 from replicate.objects import codec, compress, pack
 from replicate.objects.compress import Buffer, Parts
 from replicate.objects.ids import hash_chunk, hash_object
-from replicate.objects.index import RECORD, Index, Location, encode_segment, write_segment
+from replicate.objects.index import (
+    Index,
+    Location,
+    encode_segment,
+    records_of,
+    write_segment,
+)
 
 DATA_PACK_TARGET = 64 * 1024 * 1024
 META_PACK_TARGET = 16 * 1024 * 1024
@@ -390,14 +396,7 @@ class Transaction:
         self.closed = True
         if not sealed:
             return None
-        packs = [pid for pid, _ in sealed]
-        n = sum(len(e) for _, e in sealed)
-        recs = np.zeros(n, dtype=RECORD)
-        i = 0
-        for pno, (_, entries) in enumerate(sealed):
-            for e in entries:
-                recs[i] = (e.id, pno, e.offset, e.stored_len, e.raw_len, e.codec, e.type, b"\0\0")
-                i += 1
+        packs, recs = records_of(sealed)
         data = encode_segment(packs, recs)
         name = write_segment(self.store.index_dir, data)
         self.store.index.add_local(packs, recs, name)
