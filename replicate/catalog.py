@@ -15,12 +15,10 @@ import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import msgpack
 
-from replicate.errors import RemoteError, RemoteNotFound
-from replicate.fsutil import write_atomic
+from replicate.errors import RemoteError
 from replicate.heartbeat import TIMEOUT_NS
 from replicate.query import Summary
 from replicate.remote_repo import RemoteRepository
@@ -38,25 +36,8 @@ def _key_time(key: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-def _cache_path(rrepo: RemoteRepository, key: str) -> Path:
-    return rrepo.root / "catalog" / key.replace("/", "_")
-
-
 def _fetch(rrepo: RemoteRepository, key: str) -> bytes | None:
-    p = _cache_path(rrepo, key)
-    try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        pass
-    try:
-        data = rrepo.remote.get(key)
-    except RemoteNotFound:
-        return None
-    try:
-        write_atomic(p, data, durable=False)
-    except OSError:
-        pass
-    return data
+    return rrepo.get_immutable(key, "catalog")
 
 
 def _decode_record(data: bytes) -> tuple[list[Summary], list[bytes]]:

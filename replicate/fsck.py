@@ -72,13 +72,7 @@ def verify_entry(store: ObjectStore, pack_id: bytes, e: pack.PackEntry) -> None:
     with open(store.pack_path(pack_id), "rb") as f:
         f.seek(e.offset)
         stored = f.read(e.stored_len)
-    try:
-        raw = compress.decompress(e.codec, stored, e.raw_len)
-    except ValueError as exc:
-        raise CorruptObjectError(f"cannot decompress ({exc})", e.id.hex(), where) from None
-    h = hash_chunk(raw) if e.type == codec.CHUNK else hash_object(raw)
-    if h != e.id:
-        raise CorruptObjectError("hash mismatch", e.id.hex(), where)
+    _verify_stored(stored, e, where)
 
 
 def fsck(
@@ -291,7 +285,11 @@ def _remote_pack_entries(remote: Any, key: str, size: int, pack_id: bytes,
 
 
 def _verify_entry_bytes(data: bytes, e: pack.PackEntry, where: str) -> None:
-    stored = data[e.offset : e.offset + e.stored_len]
+    _verify_stored(data[e.offset : e.offset + e.stored_len], e, where)
+
+
+def _verify_stored(stored: bytes, e: pack.PackEntry, where: str) -> None:
+    """Decompress and re-hash an entry's stored bytes."""
     try:
         raw = compress.decompress(e.codec, stored, e.raw_len)
     except ValueError as exc:

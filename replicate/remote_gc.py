@@ -49,7 +49,6 @@ import msgpack
 import numpy as np
 
 from replicate.errors import LockError, RemoteError, RemoteNotFound
-from replicate.fsutil import write_atomic
 from replicate.gc import (
     DEFAULT_GRACE_NS,
     REPACK_THRESHOLD,
@@ -202,20 +201,7 @@ def _cache_dir(rrepo: RemoteRepository) -> Any:
 
 
 def _cached_get(rrepo: RemoteRepository, key: str) -> bytes | None:
-    p = _cache_dir(rrepo) / key.replace("/", "_")
-    try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        pass
-    try:
-        data = rrepo.remote.get(key)
-    except RemoteNotFound:
-        return None
-    try:
-        write_atomic(p, data, durable=False)
-    except OSError:
-        pass
-    return data
+    return rrepo.get_immutable(key, "gc")
 
 
 def condemned_sets(rrepo: RemoteRepository) -> list[CondemnedSet]:

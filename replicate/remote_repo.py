@@ -508,6 +508,24 @@ class RemoteRepository:
         # where _config came from: "cache" (read before), "remote" (read now), "created" (by us)
         self.config_source: str | None = None
 
+    def get_immutable(self, key: str, cache: str) -> bytes | None:
+        """The content of ``key`` (None if absent), cached under ``root/cache`` for good: only
+        for keys written once and never changed (catalog records, condemned sets)."""
+        p = self.root / cache / key.replace("/", "_")
+        try:
+            return p.read_bytes()
+        except FileNotFoundError:
+            pass
+        try:
+            data = self.remote.get(key)
+        except RemoteNotFound:
+            return None
+        try:
+            write_atomic(p, data, durable=False)
+        except OSError:
+            pass  # a cache: the next call fetches again
+        return data
+
     def experiment_ref(self, experiment_id: bytes) -> str:
         return f"experiments/{experiment_id.hex()}"
 
