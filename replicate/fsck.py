@@ -21,7 +21,7 @@ import numpy as np
 
 from replicate.errors import CorruptObjectError, DoesNotExist, FsckError, RemoteNotFound
 from replicate.objects import codec, compress, pack
-from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
+from replicate.objects.codec import Tree
 from replicate.objects.ids import hash_chunk, hash_object
 from replicate.objects.index import RECORD, encode_segment, write_segment
 from replicate.objects.store import ObjectStore
@@ -189,27 +189,14 @@ def _walk_ref(
             rep.errors.append(f"{e} (reached from {via})")
             continue
         here = f"{codec.TYPE_NAMES[loc.type]} {oid.hex()[:12]}"
-        if isinstance(obj, Checkpoint):
-            stack.append((obj.experiment, here))
-            if obj.parent is not None:
-                stack.append((obj.parent, here))
-            if obj.files is not None and oid not in tombstones:
-                stack.append((obj.files, here))
-        elif isinstance(obj, Experiment):
-            if obj.code is not None:
-                stack.append((obj.code, here))
-        elif isinstance(obj, Tree):
+        if isinstance(obj, Tree):
             for e in obj.entries:
                 try:
                     codec.check_name(e.name)
                 except ValueError as exc:
                     rep.errors.append(f"tree {oid.hex()}: {exc}")
-                stack.append((e.id, here))
-        elif isinstance(obj, File):
-            stack.extend((c.id, here) for c in obj.chunks)
-            stack.extend((s.id, here) for s in obj.segments)
-        elif isinstance(obj, Segment):
-            stack.extend((c.id, here) for c in obj.chunks)
+        subs, chunks = codec.children(obj, with_files=oid not in tombstones)
+        stack.extend((x, here) for x in subs + chunks)
 
 
 def rebuild_index(repo: Repository) -> tuple[int, int]:

@@ -42,7 +42,6 @@ import numpy as np
 from replicate.errors import CorruptObjectError, DoesNotExist, LockError, RemoteNotFound
 from replicate.fsutil import flocked
 from replicate.objects import codec, compress, pack
-from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
 from replicate.objects.ids import hash_object
 from replicate.objects.index import RECORD, Index, Location, encode_segment, write_segment
 from replicate.objects.store import DATA_PACK_TARGET, ObjectStore, PackWriter
@@ -229,25 +228,7 @@ def children(oid: bytes, typ: int, raw: bytes,
     obj = codec.decode(raw, oid.hex())  # raises CorruptObjectError when malformed
     if codec.type_code(obj) != typ:
         raise CorruptObjectError("object type differs from its index entry", oid.hex())
-    subs, chunks = [], []
-    if isinstance(obj, Checkpoint):
-        subs.append(obj.experiment)
-        if obj.parent is not None:
-            subs.append(obj.parent)
-        if obj.files is not None and oid not in tombstones:
-            subs.append(obj.files)
-    elif isinstance(obj, Experiment):
-        if obj.code is not None:
-            subs.append(obj.code)
-    elif isinstance(obj, Tree):
-        for e in obj.entries:
-            (chunks if e.kind == codec.KIND_LINK else subs).append(e.id)
-    elif isinstance(obj, File):
-        chunks.extend(c.id for c in obj.chunks)
-        subs.extend(s.id for s in obj.segments)
-    elif isinstance(obj, Segment):
-        chunks.extend(c.id for c in obj.chunks)
-    return subs, chunks
+    return codec.children(obj, with_files=oid not in tombstones)
 
 
 class Marker:

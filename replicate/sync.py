@@ -32,7 +32,7 @@ import numpy as np
 from replicate.errors import CorruptObjectError, RefConflict
 from replicate.fsutil import flocked, fsync_dir, write_atomic
 from replicate.objects import codec, pack
-from replicate.objects.codec import Checkpoint, Experiment, File, Segment, Tree
+from replicate.objects.codec import Checkpoint
 from replicate.objects.index import Location, encode_segment, records_of, write_segment
 from replicate.objects.store import DATA_PACK_TARGET, META_PACK_TARGET, ObjectStore, PackWriter
 from replicate.query import Summary, summarize
@@ -98,23 +98,9 @@ def missing_objects(
                 out[oid] = loc
             if loc.type == codec.CHUNK:
                 continue
-            obj = store.read_object(oid)
-            if isinstance(obj, Checkpoint):
-                todo.append(obj.experiment)
-                if obj.parent is not None:
-                    todo.append(obj.parent)
-                if obj.files is not None and oid not in tombstones:
-                    todo.append(obj.files)
-            elif isinstance(obj, Experiment):
-                if obj.code is not None:
-                    todo.append(obj.code)
-            elif isinstance(obj, Tree):
-                todo.extend(e.id for e in obj.entries)
-            elif isinstance(obj, File):
-                todo.extend(c.id for c in obj.chunks)
-                todo.extend(s.id for s in obj.segments)
-            elif isinstance(obj, Segment):
-                todo.extend(c.id for c in obj.chunks)
+            subs, chunks = codec.children(store.read_object(oid), oid not in tombstones)
+            todo.extend(subs)
+            todo.extend(chunks)
     return out
 
 

@@ -158,6 +158,32 @@ def type_code(obj: StructuredObject) -> int:
 # --- names ----------------------------------------------------------------------------------
 
 
+def children(obj: StructuredObject, with_files: bool = True) -> tuple[list[bytes], list[bytes]]:
+    """What ``obj`` refers to: (structured objects, chunks). A symlink's target is a chunk.
+    ``with_files=False`` leaves out a checkpoint's file tree (a tombstoned checkpoint keeps its
+    metrics, not its files)."""
+    subs: list[bytes] = []
+    chunks: list[bytes] = []
+    if isinstance(obj, Checkpoint):
+        subs.append(obj.experiment)
+        if obj.parent is not None:
+            subs.append(obj.parent)
+        if obj.files is not None and with_files:
+            subs.append(obj.files)
+    elif isinstance(obj, Experiment):
+        if obj.code is not None:
+            subs.append(obj.code)
+    elif isinstance(obj, Tree):
+        for e in obj.entries:
+            (chunks if e.kind == KIND_LINK else subs).append(e.id)
+    elif isinstance(obj, File):
+        chunks.extend(c.id for c in obj.chunks)
+        subs.extend(s.id for s in obj.segments)
+    elif isinstance(obj, Segment):
+        chunks.extend(c.id for c in obj.chunks)
+    return subs, chunks
+
+
 def check_name(name: object) -> str:
     """Validate one tree entry name. Raises ValueError for names that could escape a directory."""
     if not isinstance(name, str) or not name:

@@ -410,3 +410,22 @@ def test_corrupt_error_names_object_and_location() -> None:
     assert ei.value.object_id == "ab" * 32
     assert ei.value.location == "packs/x.pack"
     assert "ab" * 32 in str(ei.value) and "packs/x.pack" in str(ei.value)
+
+
+def test_children_of_every_type() -> None:
+    """The references gc, sync and fsck follow: links' targets count as chunks; a tombstoned
+    checkpoint keeps its experiment and parent, not its files."""
+    a, b, c, d = (bytes([i]) * 32 for i in range(1, 5))
+    cp = codec.Checkpoint(a, b, 1, 2, "m.pth", c, {"loss": 1.0})
+    assert codec.children(cp) == ([a, b, c], [])
+    assert codec.children(cp, with_files=False) == ([a, b], [])
+    first = codec.Checkpoint(a, None, 1, 0, None, None, {})
+    assert codec.children(first) == ([a], [])
+    tree = codec.make_tree([codec.TreeEntry("f", 0o644, codec.KIND_FILE, a, 1),
+                            codec.TreeEntry("l", 0o777, codec.KIND_LINK, b, 1),
+                            codec.TreeEntry("t", 0o755, codec.KIND_TREE, c, 0)])
+    assert codec.children(tree) == ([a, c], [b])
+    f = codec.File(20, (), (codec.SegmentRef(a, 10, 1), codec.SegmentRef(b, 10, 1)))
+    assert codec.children(f) == ([a, b], [])
+    assert codec.children(codec.File(3, (codec.ChunkRef(d, 3),))) == ([], [d])
+    assert codec.children(codec.Segment((codec.ChunkRef(c, 1), codec.ChunkRef(d, 1)))) == ([], [c, d])
