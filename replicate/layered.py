@@ -102,6 +102,17 @@ class LayeredObjects:
     def read_chunk(self, oid: bytes) -> bytes:
         return self._pick(oid).read_chunk(oid)  # type: ignore[no-any-return]
 
+    def read_chunks(self, oids: list[bytes]) -> list[bytes]:
+        """Local chunks from the local store, the rest in one batch from the remote."""
+        out: list[bytes | None] = [None] * len(oids)
+        remote = [i for i, o in enumerate(oids) if not self.local.has(o)]
+        for i, o in enumerate(oids):
+            if out[i] is None and self.local.has(o):
+                out[i] = self.local.read_chunk(o)
+        for i, data in zip(remote, self.remote.read_chunks([oids[i] for i in remote])):
+            out[i] = data
+        return out  # type: ignore[return-value]
+
     def read_object(self, oid: bytes) -> codec.StructuredObject:
         return self._pick(oid).read_object(oid)  # type: ignore[no-any-return]
 

@@ -456,6 +456,43 @@ class RemoteObjectStore(ObjectStore):
             self.meta.put(oid, raw)
         return raw
 
+    # Chunks read in order (checkout, iter_content) come from the same packs, mostly back to
+    # back: one range request covers neighbours up to COALESCE_BYTES, bridging gaps (other
+    # entries, padding) of up to COALESCE_GAP.
+    COALESCE_BYTES = 16 * 1024 * 1024
+    COALESCE_GAP = 256 * 1024
+
+    def read_chunks(self, oids: list[bytes]) -> list[bytes]:
+        locs = [self.locate(o) for o in oids]
+        out: list[bytes | None] = [None] * len(oids)
+        i = 0
+        while i < len(oids):
+            first = locs[i]
+            if self.pack_in_memory(first.pack) is not None:
+                out[i] = self.read_raw(oids[i], first)
+                i += 1
+                continue
+            start, end, j = first.offset, first.offset + first.stored_len, i + 1
+            while j < len(oids):
+                nxt = locs[j]
+                nend = max(end, nxt.offset + nxt.stored_len)
+                if (nxt.pack != first.pack or not 0 <= nxt.offset - end <= self.COALESCE_GAP
+                        or nend - start > self.COALESCE_BYTES):
+                    break
+                end, j = nend, j + 1
+            if j == i + 1:
+                out[i] = self.read_raw(oids[i], first)
+                i += 1
+                continue
+            data = self.remote.get_range(pack_key(first.pack), start, end)
+            if len(data) != end - start:
+                raise CorruptObjectError("pack truncated", location=str(self.pack_path(first.pack)))
+            for k in range(i, j):
+                off = locs[k].offset - start
+                out[k] = self.decode_stored(oids[k], locs[k], data[off : off + locs[k].stored_len])
+            i = j
+        return out  # type: ignore[return-value]
+
     def read_object(self, oid: bytes) -> codec.StructuredObject:
         cached = self.meta.get(oid)
         if cached is not None and hash_object(cached) == oid:

@@ -203,6 +203,52 @@ def test_open_on_a_remote_fetches_only_that_files_chunks(
     assert len(project.experiments.list()) == 2
 
 
+def test_reading_a_whole_file_from_a_remote_coalesces_range_requests(url: str, tmp_path: Path
+                                                                     ) -> None:
+    """iter_content (checkout -R) asks for ~8 MiB of neighbouring chunks at a time: a few
+    range requests per file, not one per chunk; what comes back is verified as ever."""
+    from replicate.checkout import find_entry
+    from replicate.objects.reader import file_chunk_refs, iter_content
+
+    info = two_file_project(tmp_path / "a")
+    repo = Repository.open(tmp_path / "a" / ".replicate")
+    sync.push(repo, sync.open_remote_repo(repo, url))
+    counted: list[CountingRemote] = []
+    rrepo = open_with(repo, url, lambda r: counted.append(CountingRemote(r)) or counted[-1])
+    rrepo.objects.refresh()
+    cp = rrepo.objects.read_object(bytes.fromhex(info["big_cps"][1]))  # type: ignore[index]
+    entry = find_entry(rrepo.objects, cp.files, "weights/b.bin")
+    file = rrepo.objects.read_object(entry.id)
+    nchunks = len(file_chunk_refs(rrepo.objects, file))
+    before = counted[0].counts["get_range"]
+    assert b"".join(iter_content(rrepo.objects, file)) == info["b"]
+    ranges = counted[0].counts["get_range"] - before
+    assert nchunks > 8 and ranges <= 3, (nchunks, ranges)
+
+
+def test_coalesced_remote_reads_still_verify_every_chunk(file_url: str, tmp_path: Path) -> None:
+    from replicate.checkout import find_entry
+    from replicate.errors import CorruptObjectError
+    from replicate.objects.reader import file_chunk_refs, iter_content
+
+    info = two_file_project(tmp_path / "a")
+    repo = Repository.open(tmp_path / "a" / ".replicate")
+    sync.push(repo, sync.open_remote_repo(repo, file_url))
+    rrepo = open_with(repo, file_url)
+    rrepo.objects.refresh()
+    cp = rrepo.objects.read_object(bytes.fromhex(info["big_cps"][1]))  # type: ignore[index]
+    file = rrepo.objects.read_object(find_entry(rrepo.objects, cp.files, "weights/b.bin").id)
+    loc = rrepo.objects.locate(file_chunk_refs(rrepo.objects, file)[3].id)
+    packs = [p for p in Path(file_url[len("file://"):]).rglob("*.pack") if loc.pack.hex() in p.name]
+    with open(packs[0], "r+b") as f:  # one flipped byte inside the fourth chunk
+        f.seek(loc.offset + loc.stored_len // 2)
+        b = f.read(1)
+        f.seek(loc.offset + loc.stored_len // 2)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(CorruptObjectError):
+        b"".join(iter_content(rrepo.objects, file))
+
+
 # --- resuming, requests, the catalog ---------------------------------------------------------
 
 

@@ -132,8 +132,16 @@ class ObjectStore:
     def read_raw(self, oid: bytes, loc: Location | None = None) -> bytes:
         """The verified raw bytes of any object (a chunk's content or an object's encoding)."""
         loc = loc or self.locate(oid)
+        return self.decode_stored(oid, loc, self.read_stored(loc))
+
+    def read_chunks(self, oids: list[bytes]) -> list[bytes]:
+        """The verified contents of several chunks, in order (a remote store fetches
+        neighbours in one request)."""
+        return [self.read_chunk(o) for o in oids]
+
+    def decode_stored(self, oid: bytes, loc: Location, stored: bytes) -> bytes:
+        """Decompress an entry's stored bytes and verify them against ``oid``."""
         where = str(self.pack_path(loc.pack))
-        stored = self.read_stored(loc)
         try:
             raw = compress.decompress(loc.codec, stored, loc.raw_len)
         except ValueError as e:
