@@ -4,6 +4,8 @@
 - replicate, coalesced: chunks requested ~8 MiB at a time, neighbours fetched in one range
   request (``objects.reader.READ_AHEAD``);
 - replicate, one range request per chunk (READ_AHEAD set to 1 byte: the previous behaviour);
+- replicate, ``Checkpoint.open()`` read through in 1 MiB reads (FileReader: sequential reads
+  fetch ahead in doubling windows of chunks, up to READ_AHEAD bytes);
 - baseline: s3fs ``get_file`` of the same file uploaded as one object.
 
 Alternating, after a warm-up round; medians of ``--runs``. Every replicate read verifies every
@@ -53,7 +55,12 @@ def main() -> None:
         (eid,) = history.experiment_ids(repo)
         cp_id = repo.refs.read(repo.experiment_ref(eid))
         assert cp_id is not None
-        times: dict[str, list[float]] = {"coalesced": [], "per chunk": [], "s3fs get": []}
+        times: dict[str, list[float]] = {
+            "coalesced": [],
+            "per chunk": [],
+            "open() read through": [],
+            "s3fs get": [],
+        }
         requests: dict[str, int] = {}
         ahead = reader.READ_AHEAD
         for run in range(args.runs + 1):
@@ -70,11 +77,18 @@ def main() -> None:
                     rrepo.objects.refresh()
                     cp = rrepo.objects.read_object(cp_id)
                     file = rrepo.objects.read_object(
-                        find_entry(rrepo.objects, cp.files, "model.bin").id)
-                    reader.READ_AHEAD = ahead if mode == "coalesced" else 1
+                        find_entry(rrepo.objects, cp.files, "model.bin").id
+                    )
+                    reader.READ_AHEAD = 1 if mode == "per chunk" else ahead
                     before = counter.counts.get("get_range", 0)
                     t = time.perf_counter()
-                    n = sum(len(b) for b in reader.iter_content(rrepo.objects, file))
+                    if mode == "open() read through":
+                        n = 0
+                        with reader.open_file(rrepo.objects, file) as fh:
+                            while block := fh.read(MiB):
+                                n += len(block)
+                    else:
+                        n = sum(len(b) for b in reader.iter_content(rrepo.objects, file))
                     dt = time.perf_counter() - t
                     reader.READ_AHEAD = ahead
                     assert n == args.size_mib * MiB
@@ -84,8 +98,10 @@ def main() -> None:
                 if run:
                     times[mode].append(dt)
             if run:
-                print(f"  run {run}: " + ", ".join(f"{m} {v[-1]:.2f} s" for m, v in times.items()),
-                      file=sys.stderr)
+                print(
+                    f"  run {run}: " + ", ".join(f"{m} {v[-1]:.2f} s" for m, v in times.items()),
+                    file=sys.stderr,
+                )
     finally:
         proc.terminate()
         proc.wait()
@@ -99,8 +115,10 @@ def main() -> None:
     for mode, ts in times.items():
         m = med(ts)
         reqs = requests.get(mode, 1)
-        print(f"| {mode} | {m:.2f} s | {args.size_mib * MiB / m / 1e6:.0f} | {reqs} | "
-              f"{base / m:.2f}x |")
+        print(
+            f"| {mode} | {m:.2f} s | {args.size_mib * MiB / m / 1e6:.0f} | {reqs} | "
+            f"{base / m:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -79,6 +79,8 @@ class _LayeredIndex:
 class LayeredObjects:
     """Objects read from the local store first, then from the remote."""
 
+    coalesces_reads = True  # the remote part fetches neighbours together
+
     def __init__(self, local: Any, remote: Any) -> None:
         self.local, self.remote = local, remote
         self.index = _LayeredIndex(local.index, remote.index)

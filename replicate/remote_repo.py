@@ -461,6 +461,7 @@ class RemoteObjectStore(ObjectStore):
     # entries, padding) of up to COALESCE_GAP.
     COALESCE_BYTES = 16 * 1024 * 1024
     COALESCE_GAP = 256 * 1024
+    coalesces_reads = True  # FileReader reads ahead through read_chunks
 
     def read_chunks(self, oids: list[bytes]) -> list[bytes]:
         locs = [self.locate(o) for o in oids]

@@ -191,9 +191,10 @@ def test_open_on_a_remote_fetches_only_that_files_chunks(
         assert f.read() == info["a1"]
     fetched = counter.bytes_in  # with resolving the ID prefix and reading the metadata
     assert 6 * MiB <= fetched < 10 * MiB, counter.counts  # stored: fp32 bg4-zstd saves ~17%
-    # every chunk is one range read (8 MiB / 256 KiB = 32); no whole-pack download
+    # no whole-pack download
     assert counter.counts["get_file"] == 0
-    assert counter.counts["get_range"] < 60, counter.counts
+    # sequential reads fetch ahead (1, 2, 4, ... chunks, coalesced): a few range requests
+    assert counter.counts["get_range"] <= 12, counter.counts
 
     before = counter.bytes_in
     with cp.open("weights/b.bin") as f:

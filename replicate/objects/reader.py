@@ -54,7 +54,9 @@ def iter_content(store: ObjectStore, file: File) -> Iterator[bytes]:
             datas = [store.read_chunk(r.id) for r in group]
         for ref, data in zip(group, datas):
             if len(data) != ref.size:
-                raise CorruptObjectError("chunk length differs from the file's record", ref.id.hex())
+                raise CorruptObjectError(
+                    "chunk length differs from the file's record", ref.id.hex()
+                )
             yield data
         i = j
 
@@ -82,6 +84,13 @@ class FileReader(io.RawIOBase):
         self._pos = 0
         self._cache_idx = -1
         self._cache = b""
+        # Read-ahead for sequential reads from stores that fetch neighbours together (remotes):
+        # the window starts at one chunk and doubles with every sequential miss, up to
+        # READ_AHEAD bytes; any other access resets it. A seek and a short read fetch what
+        # they cover; reading a file through fetches it in a few requests.
+        self._coalesces = bool(getattr(store, "coalesces_reads", False))
+        self._ahead: dict[int, bytes] = {}
+        self._window = 1
 
     def readable(self) -> bool:
         return True
@@ -107,12 +116,33 @@ class FileReader(io.RawIOBase):
         return pos
 
     def _chunk(self, idx: int) -> bytes:
-        if idx != self._cache_idx:
-            ref = self._refs[idx]
-            data = self.store.read_chunk(ref.id)
-            if len(data) != ref.size:
-                raise CorruptObjectError("chunk length differs from the file's record", ref.id.hex())
-            self._cache, self._cache_idx = data, idx
+        if idx == self._cache_idx:
+            return self._cache
+        data = self._ahead.pop(idx, None)
+        if data is None:
+            sequential = idx == self._cache_idx + 1
+            if not sequential:
+                self._window = 1
+            self._ahead.clear()
+            if self._coalesces and sequential and self._window > 1:
+                end, size = idx, 0
+                while end < len(self._refs) and (
+                    end == idx
+                    or (end - idx < self._window and size + self._refs[end].size <= READ_AHEAD)
+                ):
+                    size += self._refs[end].size
+                    end += 1
+                datas = self.store.read_chunks([r.id for r in self._refs[idx:end]])
+                self._ahead = dict(zip(range(idx, end), datas))
+                data = self._ahead.pop(idx)
+            else:
+                data = self.store.read_chunk(self._refs[idx].id)
+            if sequential:
+                self._window *= 2
+        ref = self._refs[idx]
+        if len(data) != ref.size:
+            raise CorruptObjectError("chunk length differs from the file's record", ref.id.hex())
+        self._cache, self._cache_idx = data, idx
         return self._cache
 
     def readinto(self, b: Any) -> int:

@@ -373,10 +373,28 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[ObjectStore, Fil
     return s, f
 
 
+class ReadAheadStore(ObjectStore):
+    """A local store that asks FileReader to read ahead (as remote stores do), counting calls."""
+
+    coalesces_reads = True
+    calls = 0
+
+    def read_chunks(self, oids: list[bytes]) -> list[bytes]:
+        ReadAheadStore.calls += 1
+        return super().read_chunks(oids)
+
+
 @settings(deadline=None, derandomize=True, max_examples=60)
-@given(st.lists(st.tuples(st.integers(0, len(BIG) + 100), st.integers(0, 1_500_000)), max_size=8))
-def test_file_reader_random_seeks(big_file: tuple[ObjectStore, File], ops: list[Any]) -> None:
+@given(
+    st.lists(st.tuples(st.integers(0, len(BIG) + 100), st.integers(0, 1_500_000)), max_size=8),
+    st.booleans(),
+)
+def test_file_reader_random_seeks(
+    big_file: tuple[ObjectStore, File], ops: list[Any], read_ahead: bool
+) -> None:
     s, f = big_file
+    if read_ahead:
+        s = ReadAheadStore(s.root)
     r = reader.FileReader(s, f)
     for off, n in ops:
         assert r.seek(off) == off
@@ -402,6 +420,21 @@ def test_file_reader_whence_and_readall(big_file: tuple[ObjectStore, File]) -> N
     r = reader.FileReader(s, f)
     r.seek(len(BIG) - 3_000_000)
     assert r.readall() == BIG[-3_000_000:]
+
+
+def test_file_reader_reads_ahead_when_sequential_only(big_file: tuple[ObjectStore, File]) -> None:
+    s, f = big_file
+    store = ReadAheadStore(s.root)
+    ReadAheadStore.calls = 0
+    r = reader.FileReader(store, f)
+    assert r.readall() == BIG
+    assert 0 < ReadAheadStore.calls <= 6  # windows of 2, 4, 8, ... chunks
+    ReadAheadStore.calls = 0
+    r = reader.FileReader(store, f)
+    for off in (3_000_000, 100, 5_000_000):  # seeks and short reads: no read-ahead
+        r.seek(off)
+        assert r.read(10) == BIG[off : off + 10]
+    assert ReadAheadStore.calls == 0
 
 
 def test_file_reader_verifies_chunks(repo: Repository, flip: Any) -> None:
