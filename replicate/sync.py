@@ -541,22 +541,24 @@ def pull(
     if rrepo.cached_config() is None:
         rrepo.config()
     rrepo.objects.refresh()
-    repo.objects.refresh()
-    heads = {e: h for e, (_s, h) in rrepo.refs.heads(refresh=True).items() if h is not None}
-    if experiments is not None:
-        heads = {e: heads[e] for e in experiments if e in heads}
-    todo = {e: h for e, h in heads.items()
-            if repo.refs.read(repo.experiment_ref(e)) != h}
-    tombs = rrepo.refs.tombstones()
-    # packs downloaded by an interrupted pull are reused (see push)
-    journal = _Journal(rrepo.root / "pull-journal")
-    done = [(p, e) for p, e in journal.load() if repo.objects.pack_path(p).is_file()]
-    journal.items = list(done)
-    resumed = Resumed(done)
-    missing = missing_objects(rrepo.objects, list(todo.values()),
-                              repo.objects.index.contains_many, tombs, resumed)
-    res.objects = len(missing)
+    # Plan under the writers' (shared) gc lock: what the plan counts on finding locally must
+    # not be collected by a gc before the refs that need it move.
     with flocked(repo.root / "gc.lock"):
+        repo.objects.refresh()
+        heads = {e: h for e, (_s, h) in rrepo.refs.heads(refresh=True).items() if h is not None}
+        if experiments is not None:
+            heads = {e: heads[e] for e in experiments if e in heads}
+        todo = {e: h for e, h in heads.items() if repo.refs.read(repo.experiment_ref(e)) != h}
+        tombs = rrepo.refs.tombstones()
+        # packs downloaded by an interrupted pull are reused (see push)
+        journal = _Journal(rrepo.root / "pull-journal")
+        done = [(p, e) for p, e in journal.load() if repo.objects.pack_path(p).is_file()]
+        journal.items = list(done)
+        resumed = Resumed(done)
+        missing = missing_objects(
+            rrepo.objects, list(todo.values()), repo.objects.index.contains_many, tombs, resumed
+        )
+        res.objects = len(missing)
         _pull_locked(repo, rrepo, missing, todo, tombs, res, say, connections, journal, resumed)
     return res
 
