@@ -92,11 +92,12 @@ def id_prefix(ids: np.ndarray) -> np.ndarray:
     return np.asarray(ids).astype("S8").view(">u8").astype(np.uint64)
 
 
-def sorted_unique(ids: np.ndarray) -> np.ndarray:
-    """Sorted distinct IDs (S32): a sort and a neighbour comparison."""
+def sorted_unique(ids: np.ndarray, dtype: str = "S32") -> np.ndarray:
+    """Sorted distinct IDs (``dtype``: S32, or S64 for id + pack keys): a sort and a
+    neighbour comparison."""
     if not len(ids):
-        return np.empty(0, dtype="S32")
-    s = np.sort(np.asarray(ids, dtype="S32"))
+        return np.empty(0, dtype=dtype)
+    s = np.sort(np.asarray(ids, dtype=dtype))
     keep = np.empty(len(s), dtype=bool)
     keep[0] = True
     np.not_equal(s[1:], s[:-1], out=keep[1:])

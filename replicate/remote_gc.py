@@ -102,22 +102,23 @@ def _fresh(key_ns: int, mtime: float | None, now_ns: int, server_now: float | No
 # --- push sessions ----------------------------------------------------------------------------
 
 
-class PushSession:
-    """Marks a push as in progress (``sessions/<token>/<time>``), refreshed in the background."""
+class _RefreshedKey:
+    """A key that says "I am alive", rewritten under a new name in the background (the
+    previous one deleted) until the ``with`` block ends; then deleted."""
+
+    JOIN_S = 5.0
 
     def __init__(self, rrepo: RemoteRepository) -> None:
         self.rrepo = rrepo
-        self.token = secrets.token_hex(8)
         self.key: str | None = None
-        self.last_beat = 0.0  # time.monotonic() of the last successful refresh
+        self.last_ok = 0.0  # time.monotonic() of the last successful write
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _beat(self) -> None:
-        key = f"{SESSIONS}{self.token}/{time.time_ns():020d}"
+    def _write(self, key: str, data: bytes, create_only: bool = False) -> None:
         t = time.monotonic()
-        self.rrepo.remote.put(key, b"push")
-        self.last_beat = t
+        self.rrepo.remote.put(key, data, create_only=create_only)
+        self.last_ok = t
         old, self.key = self.key, key
         if old is not None:
             try:
@@ -125,33 +126,50 @@ class PushSession:
             except RemoteError:
                 pass
 
-    def fresh(self) -> bool:
-        """True while gc must consider this session alive (refreshed within half the TTL):
-        a push should re-validate before it commits when this turns False."""
-        return time.monotonic() - self.last_beat < SESSION_TTL_NS / 2e9
+    def _refresh(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> PushSession:
-        self._beat()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="replicate-session")
+    def _start(self, name: str, every_s: float) -> None:
+        def run() -> None:
+            while not self._stop.wait(every_s):
+                try:
+                    self._refresh()
+                except RemoteError:
+                    pass
+
+        self._thread = threading.Thread(target=run, daemon=True, name=name)
         self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(SESSION_REFRESH_S):
-            try:
-                self._beat()
-            except RemoteError:
-                pass
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=self.JOIN_S)
         if self.key is not None:
             try:
                 self.rrepo.remote.delete(self.key)
             except RemoteError:
                 pass
+
+
+class PushSession(_RefreshedKey):
+    """Marks a push as in progress (``sessions/<token>/<time>``), refreshed in the background."""
+
+    def __init__(self, rrepo: RemoteRepository) -> None:
+        super().__init__(rrepo)
+        self.token = secrets.token_hex(8)
+
+    def _refresh(self) -> None:
+        self._write(f"{SESSIONS}{self.token}/{time.time_ns():020d}", b"push")
+
+    def fresh(self) -> bool:
+        """True while gc must consider this session alive (refreshed within half the TTL):
+        a push should re-validate before it commits when this turns False."""
+        return time.monotonic() - self.last_ok < SESSION_TTL_NS / 2e9
+
+    def __enter__(self) -> PushSession:
+        self._refresh()
+        self._start("replicate-session", SESSION_REFRESH_S)
+        return self
 
 
 def live_sessions(rrepo: RemoteRepository, now_ns: int | None = None,
@@ -269,36 +287,25 @@ def _record_keys(recs: np.ndarray, packs: list[bytes]) -> np.ndarray:
 # --- the lease ----------------------------------------------------------------------------------
 
 
-class _Lease:
+class _Lease(_RefreshedKey):
     """One gc at a time: a create-only key, refreshed in the background. A gc that finds any
     other live lease after writing its own gives up, so two can never both proceed."""
 
+    JOIN_S = 10.0
+
     def __init__(self, rrepo: RemoteRepository) -> None:
-        self.rrepo = rrepo
+        super().__init__(rrepo)
         self.token = secrets.token_hex(6)
-        self.key: str | None = None
         self.ttl_ns = lease_ttl_ns()
-        self.last_ok = 0.0
         self.server_now: float | None = None  # the store's clock when the lease was taken
         self._server_at: tuple[float, float] | None = None  # (LastModified, monotonic)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _put(self) -> None:
-        key = f"{LEASES}{time.time_ns():020d}-{self.token}"
-        t = time.monotonic()
-        self.rrepo.remote.put(key, b"gc", create_only=True)
-        self.last_ok = t
-        old, self.key = self.key, key
-        if old is not None:
-            try:
-                self.rrepo.remote.delete(old)
-            except RemoteError:
-                pass
+    def _refresh(self) -> None:
+        self._write(f"{LEASES}{time.time_ns():020d}-{self.token}", b"gc", create_only=True)
 
     def __enter__(self) -> _Lease:
         r = self.rrepo.remote
-        self._put()
+        self._refresh()
         now = time.time_ns()
         listed = r.list(LEASES)
         mine = [k for k in listed if k.key == self.key]
@@ -321,16 +328,8 @@ class _Lease:
                 r.delete(k.key)
             except RemoteError:
                 pass
-        self._thread = threading.Thread(target=self._run, daemon=True, name="replicate-gc-lease")
-        self._thread.start()
+        self._start("replicate-gc-lease", self.ttl_ns / 8e9)
         return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.ttl_ns / 8e9):
-            try:
-                self._put()
-            except RemoteError:
-                pass
 
     def server_time(self) -> float | None:
         """The store's clock now (seconds), from the LastModified of our first lease write
@@ -346,16 +345,6 @@ class _Lease:
         if time.monotonic() - self.last_ok > self.ttl_ns / 2e9:
             raise LockError("gc could not keep its lease on the remote (refreshing it failed); "
                             "stopped before deleting anything; try again")
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self.key is not None:
-            try:
-                self.rrepo.remote.delete(self.key)
-            except RemoteError:
-                pass
 
 
 class _NoLease:
@@ -482,7 +471,7 @@ def gc(rrepo: RemoteRepository, grace_ns: int = DEFAULT_GRACE_NS, dry_run: bool 
         res.kept_young_objects = count_distinct_sorted(ids[unreachable & ~rec_old])
         keys = _record_keys(recs, packs)
         all_keys = [s.keys for s in sets if s.keys is not None and len(s.keys)]
-        already = (_is_in64(sorted_unique64(np.concatenate(all_keys)), keys) if all_keys
+        already = (_is_in64(sorted_unique(np.concatenate(all_keys), "S64"), keys) if all_keys
                    else np.zeros(len(recs), dtype=bool))
         qualifying = plan_sweep(recs, len(packs), unreachable & rec_old, present,
                                 repack_threshold).gone
@@ -493,7 +482,7 @@ def gc(rrepo: RemoteRepository, grace_ns: int = DEFAULT_GRACE_NS, dry_run: bool 
             ready_keys = [s.keys for s in ready if s.keys is not None and len(s.keys)]
             if not current and grace_ns == 0 and fresh.any():
                 ready_keys.append(keys[fresh])  # a real run would condemn and sweep at once
-            dead = (_is_in64(sorted_unique64(np.concatenate(ready_keys)), keys) & unreachable
+            dead = (_is_in64(sorted_unique(np.concatenate(ready_keys), "S64"), keys) & unreachable
                     if ready_keys else np.zeros(len(recs), dtype=bool))
             dead &= _not_reput(ready, keys, listing, packs, pack_of)
             plan = plan_sweep(recs, len(packs), dead, present, repack_threshold)
@@ -541,7 +530,7 @@ def gc(rrepo: RemoteRepository, grace_ns: int = DEFAULT_GRACE_NS, dry_run: bool 
             listing = {k.key: k for k in rrepo.remote.list("packs/")}
         segments = store.index.segment_names()  # the segments `recs` came from
         ready_keys = [s.keys for s in ready if s.keys is not None and len(s.keys)]
-        dead = (_is_in64(sorted_unique64(np.concatenate(ready_keys)), keys) & ~is_live
+        dead = (_is_in64(sorted_unique(np.concatenate(ready_keys), "S64"), keys) & ~is_live
                 if ready_keys else np.zeros(len(recs), dtype=bool))
         dead &= _not_reput(ready, keys, listing, packs, pack_of)
         lease.check()
@@ -553,17 +542,6 @@ def gc(rrepo: RemoteRepository, grace_ns: int = DEFAULT_GRACE_NS, dry_run: bool 
                 except RemoteError:
                     pass
     return res
-
-
-def sorted_unique64(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct S64 keys."""
-    if not len(keys):
-        return np.empty(0, dtype="S64")
-    s = np.sort(np.asarray(keys, dtype="S64"))
-    keep = np.empty(len(s), dtype=bool)
-    keep[0] = True
-    np.not_equal(s[1:], s[:-1], out=keep[1:])
-    return s[keep]
 
 
 def _is_in64(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
