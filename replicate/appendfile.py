@@ -81,7 +81,7 @@ class AppendFile:
         views = [memoryview(b).cast("B") for b in bufs]
         n = sum(len(v) for v in views)
         if self._plain:
-            self._wait()
+            self._settle()
             _write_all(self.fd, views)
             self._written += n
         else:
@@ -102,8 +102,8 @@ class AppendFile:
         the pool once written). Returns the offset where it starts: in direct mode the next
         4 KiB boundary, after zero padding, and ``buf`` is padded too."""
         if self._plain:
-            self._wait()
             try:
+                self._settle()
                 start = self.size
                 _write_all(self.fd, [buf.data[:n]])
                 self.size += n
@@ -159,6 +159,13 @@ class AppendFile:
             fut, self._pending = self._pending, None
             fut.result()
 
+    def _settle(self) -> None:
+        """Before a plain write: everything handed over earlier is on its way to the file, in
+        order (bytes still staged when a direct write was refused included)."""
+        if self._pos:
+            self._flush_stage(self._pos)  # written plainly by the I/O thread, any length
+        self._wait()
+
     def _flush_stage(self, n: int) -> None:
         """Write the first ``n`` staged bytes (n a multiple of ALIGN); the other stage is
         filled meanwhile."""
@@ -167,10 +174,10 @@ class AppendFile:
         self._pos = 0
 
     def _submit(self, buf: np.ndarray, n: int, release: bool) -> None:
-        self._wait()
-        self._written += n
         try:
+            self._wait()
             self._pending = _io().submit(self._write_direct, buf, n, release)
+            self._written += n
         except BaseException:
             if release:
                 give_buffer(buf)

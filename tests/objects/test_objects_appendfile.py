@@ -124,3 +124,23 @@ def test_abandon_leaves_no_pending_write(tmp_path: Path) -> None:
     f.abandon()
     assert f.fd == -1
     f.abandon()  # twice is harmless
+
+
+def test_bytes_staged_when_direct_io_is_given_up_keep_their_place(tmp_path: Path) -> None:
+    """The I/O thread may turn direct writes off while bytes wait in the stage: the next
+    plain write must come after them."""
+    path = tmp_path / "f.bin"
+    f = AppendFile(path, direct=True)
+    if not f.direct:
+        pytest.skip("no O_DIRECT on this filesystem")
+    f.write([b"staged first"])
+    # as _write_direct does after a refused write
+    fl = appendfile.fcntl.fcntl(f.fd, appendfile.fcntl.F_GETFL)
+    appendfile.fcntl.fcntl(f.fd, appendfile.fcntl.F_SETFL, fl & ~appendfile._DIRECT)
+    f._plain = True
+    buf = take_buffer(5)
+    buf[:5] = np.frombuffer(b"after", np.uint8)
+    f.write_buffer(buf, 5)
+    f.write([b"!"])
+    f.close()
+    assert path.read_bytes() == b"staged firstafter!"
