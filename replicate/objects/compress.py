@@ -126,38 +126,11 @@ def bg4_planes(distinct: list[int]) -> int:
     return sum(1 << k for k, d in enumerate(distinct) if d <= PLANE_COMPRESS_MAX)
 
 
-def _bg4_parts(data: Buffer, planes_mask: int) -> tuple[Parts, int]:
-    """Encode as codec 2, trying zstd on the planes in ``planes_mask`` (a plane whose frame
-    is not smaller stays raw); returns (parts, stored length)."""
-    np = _numpy()
-    q, t = divmod(len(data), 4)
-    planes: np.ndarray = np.frombuffer(data, np.uint8, count=4 * q).reshape(q, 4).T.copy()
-    comp = _compressor(BG4)
-    mask = 0
-    lens: list[int] = []
-    body: Parts = []
-    for k in range(4):
-        row = planes[k]
-        if planes_mask >> k & 1:
-            frame = comp.compress(row)
-            if len(frame) < q:
-                mask |= 1 << k
-                lens.append(len(frame))
-                body.append(frame)
-                continue
-        body.append(memoryview(row))
-    header = struct.pack(f"<B{len(lens)}I", mask, *lens)
-    parts: Parts = [header, *body]
-    if t:
-        parts.append(bytes(data[4 * q :]))
-    return parts, len(data) + len(header) - sum(q - n for n in lens)
-
-
-def _bg4_into(data: Buffer, planes_mask: int, out: np.ndarray) -> int | None:
-    """Encode as codec 2 straight into ``out``: the planes are transposed into place, each
-    compressed plane's frame overwrites the start of its own plane and the raw planes after it
-    move down. Returns the stored length, or None if a frame came out no smaller than its
-    plane (the caller falls back to :func:`_bg4_parts`)."""
+def _bg4_into(data: Buffer, planes_mask: int, out: np.ndarray) -> int:
+    """Encode as codec 2 straight into ``out``, trying zstd on the planes in ``planes_mask``:
+    the planes are transposed into place, each compressed plane's frame overwrites the start of
+    its own plane and the raw planes after it move down. A plane whose frame comes out no
+    smaller stays raw (the encoding starts again without it: rare). Returns the length."""
     np = _numpy()
     q, t = divmod(len(data), 4)
     nc = bin(planes_mask).count("1")
@@ -172,7 +145,7 @@ def _bg4_into(data: Buffer, planes_mask: int, out: np.ndarray) -> int | None:
         if planes_mask >> k & 1:
             frame = comp.compress(planes[k])
             if len(frame) >= q:
-                return None
+                return _bg4_into(data, planes_mask & ~(1 << k), out)
             out.data[cur : cur + len(frame)] = frame
             lens.append(len(frame))
             cur += len(frame)
@@ -233,71 +206,51 @@ def _zstd_decode(stored: Buffer, raw_len: int) -> bytes:
 # -- the public functions --------------------------------------------------------------------
 
 
-def compress_parts(data: Buffer, level: int | None = None) -> tuple[int, Parts, int]:
-    """Compress one chunk. Returns (codec, stored bytes as buffers, stored length); raw when
-    the encoding saves < 3%. ``level`` forces whole-chunk zstd at that level."""
-    n = len(data)
-    if n < 64:
-        return RAW, [bytes(data)], n
-    if level is None:
-        if looks_like_text(data):
-            level = TEXT_LEVEL
-        else:
-            level = DATA_LEVEL
-            mask = bg4_planes(probe(data)) if n >= BG4_MIN_SIZE else 0
-            if mask:
-                parts, size = _bg4_parts(data, mask)
-                if size > n * (1.0 - MIN_SAVING):
-                    return RAW, [bytes(data)], n
-                return BG4, parts, size
-    out = _compressor(level).compress(data)
-    if len(out) > n * (1.0 - MIN_SAVING):
-        return RAW, [bytes(data)], n
-    return ZSTD, [out], len(out)
-
-
 def encode_into(
     data: Buffer, out: np.ndarray, level: int | None = None, planes: int | None = None
 ) -> tuple[int, int, int | None]:
-    """As :func:`compress_parts`, writing the stored bytes to ``out`` (a uint8 array of at
-    least ``len(data) + ENCODE_SLACK`` bytes): this saves the ingest pipeline a copy, as bg4
-    planes are transposed straight into the pack write buffer. ``planes``: the bg4 plane mask
-    to use instead of probing (the caller knows the neighbouring chunk's).
+    """Compress one chunk into ``out`` (a uint8 array of at least ``len(data) + ENCODE_SLACK``
+    bytes); raw when the encoding saves < 3%. ``level`` forces whole-chunk zstd at that level;
+    ``planes``: the bg4 plane mask to use instead of probing (the ingest pipeline knows the
+    neighbouring chunk's). Writing into the caller's buffer saves the pipeline a copy: bg4
+    planes are transposed straight into the pack write buffer.
 
     Returns (codec, stored length, bg4 plane mask used), the mask None when none was
     considered (text, small chunk or a forced level)."""
-    np = _numpy()
     n = len(data)
     mask: int | None = None
-    if level is None:
-        if looks_like_text(data):
-            level = TEXT_LEVEL
+    if n >= 64:
+        if level is None:
+            if looks_like_text(data):
+                level = TEXT_LEVEL
+            else:
+                level = DATA_LEVEL
+                if n >= BG4_MIN_SIZE:
+                    mask = bg4_planes(probe(data)) if planes is None else planes
+        if mask:
+            size = _bg4_into(data, mask, out)
+            if size <= n * (1.0 - MIN_SAVING):
+                return BG4, size, mask
         else:
-            level = DATA_LEVEL
-            if n >= BG4_MIN_SIZE:
-                mask = bg4_planes(probe(data)) if planes is None else planes
-    if mask:
-        size = _bg4_into(data, mask, out)
-        if size is None:
-            parts, size = _bg4_parts(data, mask)
-            out.data[:size] = b"".join(parts)
-        if size <= n * (1.0 - MIN_SAVING):
-            return BG4, size, mask
-        out.data[:n] = data
-        return RAW, n, mask
-    c, parts, size = compress_parts(data, level)
-    pos = 0
-    for p in parts:
-        m = memoryview(p).nbytes
-        out[pos : pos + m] = np.frombuffer(p, np.uint8)
-        pos += m
-    return c, size, mask
+            z = _compressor(level).compress(data)
+            if len(z) <= n * (1.0 - MIN_SAVING):
+                out.data[: len(z)] = z
+                return ZSTD, len(z), mask
+    out.data[:n] = data
+    return RAW, n, mask
+
+
+def compress_parts(data: Buffer, level: int | None = None) -> tuple[int, Parts, int]:
+    """:func:`encode_into` a new buffer. Returns (codec, stored bytes as buffers, length)."""
+    out = _numpy().empty(len(data) + ENCODE_SLACK, "u1")
+    c, size, _ = encode_into(data, out, level)
+    return c, [out.data[:size]], size
 
 
 def compress(data: Buffer, level: int | None = None) -> tuple[int, bytes]:
-    """Compress one chunk. Returns (codec, stored bytes); see :func:`compress_parts`."""
+    """Compress one chunk. Returns (codec, stored bytes); see :func:`encode_into`."""
     c, parts, _ = compress_parts(data, level)
-    return c, parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[return-value]
+    return c, bytes(parts[0])
 
 
 def decompress(codec: int, stored: Buffer, raw_len: int) -> bytes:
