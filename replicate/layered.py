@@ -107,10 +107,12 @@ class LayeredObjects:
     def read_chunks(self, oids: list[bytes]) -> list[bytes]:
         """Local chunks from the local store, the rest in one batch from the remote."""
         out: list[bytes | None] = [None] * len(oids)
-        remote = [i for i, o in enumerate(oids) if not self.local.has(o)]
+        remote = []
         for i, o in enumerate(oids):
-            if out[i] is None and self.local.has(o):
+            if self.local.has(o):
                 out[i] = self.local.read_chunk(o)
+            else:
+                remote.append(i)
         for i, data in zip(remote, self.remote.read_chunks([oids[i] for i in remote])):
             out[i] = data
         return out  # type: ignore[return-value]
